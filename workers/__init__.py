@@ -1,0 +1,28 @@
+"""The runtime on Dramatiq: declare actors, run workers, start runs."""
+
+from workers._actor import Actor, actor, registered_actors, subscribers
+from workers._context import Context, Memory
+from workers._errors import ActorError, Wait, WaitTimeout, WorkerError
+from workers._maintenance import Maintenance
+from workers._runtime import Runtime, RuntimeConfig
+from workers._worker import Worker, import_modules
+
+__all__ = [
+    # declaring
+    "Actor",
+    "ActorError",
+    "Context",
+    "Maintenance",
+    "Memory",
+    "Runtime",
+    "RuntimeConfig",
+    "Wait",
+    "WaitTimeout",
+    # running
+    "Worker",
+    "WorkerError",
+    "actor",
+    "import_modules",
+    "registered_actors",
+    "subscribers",
+]

@@ -1,0 +1,42 @@
+"""The built-in events: run lifecycle and signals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from events._event import Event
+
+
+class RunStarted(Event, type="baton.run.started"):
+    """Appended when a run is created by an API call or the CLI without a typed trigger."""
+
+    reason: str = ""
+
+
+class RunSucceeded(Event, type="baton.run.succeeded"):
+    """Appended when nothing is pending, running or waiting in a run any more."""
+
+
+class RunFailed(Event, type="baton.run.failed"):
+    """Appended when a step fails for good."""
+
+    step_id: str
+    actor: str
+    error_type: str
+    message: str
+
+
+class RunCanceled(Event, type="baton.run.canceled"):
+    """Appended when an operator cancels a run."""
+
+    reason: str
+
+
+class Signal(Event, type="baton.signal"):
+    """A named signal delivered to a run from outside (approval, callback) or by a timer."""
+
+    name: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    timed_out: bool = False

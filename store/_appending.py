@@ -1,0 +1,298 @@
+"""Appending events and the steps they cause, inside a caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from store import _ids
+from store._model import (
+    RUN_CANCELED,
+    RUN_FAILED,
+    RUN_FINISHED,
+    RUN_RUNNING,
+    RUN_SUCCEEDED,
+    RUN_WAITING,
+    STEP_COLLECTING,
+    STEP_OPEN,
+    STEP_PENDING,
+    STEP_RUNNING,
+    STEP_WAITING,
+    NewEvent,
+    Publish,
+    Router,
+)
+from store._tables import events, join_arrivals, outbox, runs, steps
+
+
+def insert_on_conflict_ignore(connection: Connection, table: Any) -> Any:
+    """INSERT that ignores duplicate keys: duplicates collapse instead of racing."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def lock_run(connection: Connection, run_id: str) -> Any:
+    """Read the run row, locking it on PostgreSQL so commits within one run serialise.
+
+    Without the lock two concurrent last steps could each see the other still open and
+    neither would finish the run. SQLite's BEGIN IMMEDIATE already serialises writers.
+    """
+    query = select(runs.c.status, runs.c.trace_id).where(runs.c.id == run_id)
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return connection.execute(query).first()
+
+
+def append_events(
+    connection: Connection,
+    *,
+    run_id: str,
+    trace_id: str,
+    cause_step_id: str | None,
+    new_events: Sequence[NewEvent],
+    groups: list[list[Any]],
+    router: Router,
+    now: float,
+    event_ids: Sequence[str] | None = None,
+) -> list[Publish]:
+    """Insert events and a step per subscribed actor, with outbox rows for the ready steps."""
+    parent_span = _ids.span_id(cause_step_id) if cause_step_id else trace_id[:16]
+    publish: list[Publish] = []
+    event_rows = []
+    step_rows = []
+    for position, new_event in enumerate(new_events):
+        if event_ids is not None:
+            event_id = event_ids[position]
+        else:
+            assert cause_step_id is not None
+            event_id = _ids.event_id(cause_step_id, position)
+        event_rows.append(
+            {
+                "id": event_id,
+                "run_id": run_id,
+                "type": new_event.type,
+                "data": new_event.data,
+                "cause_step_id": cause_step_id,
+                "position": position,
+                "groups": groups,
+                "created_at": now,
+            }
+        )
+        for route in router(new_event.type):
+            if route.join:
+                ready = _arrive_at_join(
+                    connection, run_id, trace_id, parent_span, event_id, groups, route, now
+                )
+                if ready is not None:
+                    publish.append(ready)
+                continue
+            step_id = _ids.step_id(event_id, route.actor)
+            message_id = _ids.new_message_id()
+            parent = _ids.traceparent(trace_id, parent_span)
+            step_rows.append(
+                _step_row(
+                    step_id,
+                    run_id,
+                    event_id,
+                    route.actor,
+                    route.queue,
+                    route.max_retries,
+                    parent,
+                    message_id,
+                    now,
+                )
+            )
+            publish.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
+    if event_rows:
+        connection.execute(insert_on_conflict_ignore(connection, events), event_rows)
+    if step_rows:
+        connection.execute(insert_on_conflict_ignore(connection, steps), step_rows)
+    add_to_outbox(
+        connection, [p for p in publish if any(p.step_id == r["id"] for r in step_rows)], now
+    )
+    return publish
+
+
+def _step_row(
+    step_id: str,
+    run_id: str,
+    event_id: str,
+    actor: str,
+    queue: str,
+    max_retries: int,
+    parent: str,
+    message_id: str | None,
+    now: float,
+    *,
+    state: str = STEP_PENDING,
+    join_expected: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "run_id": run_id,
+        "event_id": event_id,
+        "actor": actor,
+        "queue": queue,
+        "state": state,
+        "attempts": 0,
+        "attempt_base": 0,
+        "max_retries": max_retries,
+        "available_at": now,
+        "message_id": message_id,
+        "published_at": now if message_id else None,
+        "traceparent": parent,
+        "join_expected": join_expected,
+        "join_arrived": 0,
+        "created_at": now,
+    }
+
+
+def _arrive_at_join(
+    connection: Connection,
+    run_id: str,
+    trace_id: str,
+    parent_span: str,
+    event_id: str,
+    groups: list[list[Any]],
+    route: Any,
+    now: float,
+) -> Publish | None:
+    """Count one arrival at a join step; the arrival that completes the group makes it ready.
+
+    An event outside any fan-out group is a group of one. Arrivals are unique per event, so a
+    re-appended event cannot be counted twice, and the counter update is serialised by the run
+    lock: exactly one arrival sees the count reach the group size.
+    """
+    group_id, size = (groups[-1][0], int(groups[-1][1])) if groups else (event_id, 1)
+    position = len(groups)
+    join_id = _ids.join_step_id(group_id, route.actor)
+    parent = _ids.traceparent(trace_id, parent_span)
+    connection.execute(
+        insert_on_conflict_ignore(connection, steps),
+        [
+            _step_row(
+                join_id,
+                run_id,
+                event_id,
+                route.actor,
+                route.queue,
+                route.max_retries,
+                parent,
+                None,
+                now,
+                state=STEP_COLLECTING,
+                join_expected=size,
+            )
+        ],
+    )
+    arrived = connection.execute(
+        insert_on_conflict_ignore(connection, join_arrivals),
+        [{"step_id": join_id, "event_id": event_id, "position": position}],
+    )
+    if arrived.rowcount != 1:
+        return None
+    connection.execute(
+        update(steps).where(steps.c.id == join_id).values(join_arrived=steps.c.join_arrived + 1)
+    )
+    count = connection.execute(
+        select(steps.c.join_arrived, steps.c.join_expected).where(steps.c.id == join_id)
+    ).one()
+    if count.join_arrived < count.join_expected:
+        return None
+    message_id = _ids.new_message_id()
+    connection.execute(
+        update(steps)
+        .where(steps.c.id == join_id)
+        .values(
+            state=STEP_PENDING,
+            event_id=event_id,
+            traceparent=parent,
+            message_id=message_id,
+            published_at=now,
+            available_at=now,
+        )
+    )
+    ready = Publish(message_id, join_id, run_id, route.actor, route.queue, parent)
+    add_to_outbox(connection, [ready], now)
+    return ready
+
+
+def add_to_outbox(connection: Connection, publish: Sequence[Publish], now: float) -> None:
+    if not publish:
+        return
+    connection.execute(
+        insert(outbox),
+        [
+            {
+                "message_id": p.message_id,
+                "step_id": p.step_id,
+                "run_id": p.run_id,
+                "actor": p.actor,
+                "queue": p.queue,
+                "traceparent": p.traceparent,
+                "delay_ms": p.delay_ms,
+                "created_at": now,
+            }
+            for p in publish
+        ],
+    )
+
+
+def settle_run(connection: Connection, run_id: str, status: str, now: float) -> str:
+    """Derive the run's status from its open steps; the caller holds the run lock.
+
+    A run succeeds when nothing is pending, running or waiting. A join still collecting
+    when everything else is done can never fire: the run fails and says which.
+    """
+    if status in RUN_FINISHED:
+        return status
+    counts = dict(
+        connection.execute(
+            select(steps.c.state, func.count())
+            .where(steps.c.run_id == run_id, steps.c.state.in_(STEP_OPEN))
+            .group_by(steps.c.state)
+        ).all()
+    )
+    error = None
+    if counts.get(STEP_PENDING) or counts.get(STEP_RUNNING):
+        new_status = RUN_RUNNING
+    elif counts.get(STEP_WAITING):
+        new_status = RUN_WAITING
+    elif counts.get(STEP_COLLECTING):
+        new_status = RUN_FAILED
+        stuck = connection.execute(
+            select(steps.c.actor, steps.c.join_arrived, steps.c.join_expected).where(
+                steps.c.run_id == run_id, steps.c.state == STEP_COLLECTING
+            )
+        ).first()
+        assert stuck is not None
+        error = (
+            f"join {stuck.actor!r} received {stuck.join_arrived} of {stuck.join_expected} "
+            "events and nothing else can send more"
+        )
+    else:
+        new_status = RUN_SUCCEEDED
+    if new_status == status:
+        return status
+    values: dict[str, Any] = {"status": new_status, "updated_at": now}
+    if new_status in RUN_FINISHED:
+        values["finished_at"] = now
+    if error:
+        values["error"] = error
+    connection.execute(update(runs).where(runs.c.id == run_id).values(**values))
+    return new_status
+
+
+def mark_run_failed(connection: Connection, run_id: str, error: str, now: float) -> None:
+    connection.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.status.not_in([RUN_CANCELED]))
+        .values(status=RUN_FAILED, error=error, updated_at=now, finished_at=now)
+    )

@@ -1,0 +1,117 @@
+"""Engines and transactions: one code path for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from store._errors import StoreError, StoreUnavailable
+
+
+class Store:
+    """The system of record at ``url``: a writer engine and a reader engine.
+
+    On SQLite writers open with ``BEGIN IMMEDIATE`` (a writer waits for the lock up front
+    instead of failing on upgrade) and readers stay deferred, so reads never queue behind
+    writes; WAL lets both run at once. On PostgreSQL both are one engine.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 16) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise StoreError(
+                f"database URL {url!r} is not a URL; use sqlite:///PATH or "
+                "postgresql+psycopg://USER:PASSWORD@HOST/DB"
+            ) from None
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = _sqlite_engine(url, busy_timeout_ms, immediate=True)
+            self.read_engine = _sqlite_engine(url, busy_timeout_ms, immediate=False)
+        elif self.dialect == "postgresql":
+            if parsed.drivername == "postgresql":
+                url = str(parsed.set(drivername="postgresql+psycopg"))
+            self.engine = create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self.read_engine = self.engine
+        else:
+            raise StoreError(
+                f"database {self.dialect!r} is not supported; use SQLite or PostgreSQL"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction: committed on exit, rolled back on error."""
+        with _translated(self.url), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection."""
+        with _translated(self.url), self.read_engine.connect() as connection:
+            yield connection
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+        with self.read() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+@contextmanager
+def _translated(url: str) -> Iterator[None]:
+    try:
+        yield
+    except OperationalError as error:
+        raise StoreUnavailable(
+            f"the store at {_redacted(url)} cannot be used: {error.orig}; check that it is "
+            "reachable and that `baton db upgrade` has been run"
+        ) from error
+
+
+def _redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _sqlite_engine(url: str, busy_timeout_ms: int, *, immediate: bool) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False},
+        pool_size=8,
+        max_overflow=32,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Autocommit at the driver level; SQLAlchemy's "begin" hook below issues BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # NORMAL in WAL mode is durable across process crashes; only an OS crash can lose the
+        # last transactions, which is the usual trade for SQLite in WAL mode.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,25 @@
+"""Errors of the store."""
+
+from __future__ import annotations
+
+from events import BatonError
+
+
+class StoreError(BatonError):
+    """The store was asked for something it cannot do."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or used."""
+
+
+class NotFound(StoreError):
+    """A run, step or wait named by the caller does not exist."""
+
+
+class InvalidState(StoreError):
+    """The operation does not apply to the current state (e.g. replay of a running run)."""
+
+
+class LeaseLost(StoreError):
+    """The step's lease passed to another worker; this worker's result is discarded."""

@@ -1,0 +1,102 @@
+"""Plain records the unit-of-work functions take and return (no ORM state crosses a boundary)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+RUN_RUNNING = "running"
+RUN_WAITING = "waiting"
+RUN_SUCCEEDED = "succeeded"
+RUN_FAILED = "failed"
+RUN_CANCELED = "canceled"
+RUN_FINISHED = frozenset({RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELED})
+
+STEP_PENDING = "pending"
+STEP_RUNNING = "running"
+STEP_WAITING = "waiting"
+STEP_COLLECTING = "collecting"
+STEP_SUCCEEDED = "succeeded"
+STEP_FAILED = "failed"
+STEP_CANCELED = "canceled"
+STEP_OPEN = (STEP_PENDING, STEP_RUNNING, STEP_WAITING, STEP_COLLECTING)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One actor subscribed to an event type, as the store needs to know it."""
+
+    actor: str
+    queue: str
+    max_retries: int
+    join: bool = False
+
+
+Router = Callable[[str], Sequence[Route]]
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A message to hand to the broker after the transaction that caused it has committed."""
+
+    message_id: str
+    step_id: str
+    run_id: str
+    actor: str
+    queue: str
+    traceparent: str
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: str
+    run_id: str
+    type: str
+    data: dict[str, Any]
+    groups: list[list[Any]]
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class ClaimedStep:
+    """A step this worker now holds the lease of, with what its handler needs."""
+
+    id: str
+    run_id: str
+    actor: str
+    attempt: int
+    attempts_left: int
+    traceparent: str
+    trace_id: str
+    event: StoredEvent
+    # For a join step: every arrival, in group order; otherwise just ``event``.
+    events: list[StoredEvent] = field(default_factory=list)
+    join: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a delivery found: ``claimed`` (run it) or why not."""
+
+    outcome: str  # claimed | succeeded | busy | finished | canceled | missing | early
+    step: ClaimedStep | None = None
+    detail: str = ""
+    # For a redelivered, already-succeeded step: what it caused and is still pending.
+    republish: list[Publish] = field(default_factory=list)
+    available_in_ms: int = 0
+
+
+@dataclass(frozen=True)
+class CreatedRun:
+    run_id: str
+    created: bool
+    publish: list[Publish]
+    subscribed: bool

@@ -1,0 +1,299 @@
+"""Run-level state changes: create, signal, cancel, replay. Each is one transaction."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from store import _ids
+from store._appending import add_to_outbox, append_events, lock_run, settle_run
+from store._engine import Store
+from store._errors import InvalidState, NotFound
+from store._model import (
+    RUN_CANCELED,
+    RUN_FAILED,
+    RUN_FINISHED,
+    RUN_RUNNING,
+    STEP_CANCELED,
+    STEP_COLLECTING,
+    STEP_FAILED,
+    STEP_PENDING,
+    STEP_WAITING,
+    CreatedRun,
+    NewEvent,
+    Publish,
+    Router,
+)
+from store._tables import events, runs, steps, waits
+
+
+def create_run(
+    store: Store,
+    trigger: NewEvent,
+    router: Router,
+    *,
+    dedupe_key: str | None = None,
+    parent_run_id: str | None = None,
+    agent: str | None = None,
+    trace_id: str | None = None,
+    now: float | None = None,
+) -> CreatedRun:
+    """Create a run, its trigger event, the trigger's steps and their outbox rows: one commit.
+
+    With ``dedupe_key``, a second call with the same key creates nothing and returns the
+    first run (``created`` False).
+    """
+    now = time.time() if now is None else now
+    if dedupe_key is not None:
+        existing = _run_by_dedupe_key(store, dedupe_key)
+        if existing is not None:
+            return CreatedRun(existing, created=False, publish=[], subscribed=True)
+    run_id = _ids.new_run_id(now)
+    trace_id = trace_id or _ids.new_trace_id()
+    event_id = _ids.trigger_event_id(run_id)
+    subscribed = bool(router(trigger.type))
+    with store.transaction() as connection:
+        if dedupe_key is not None:
+            # Checked again under the write lock: the first look was only a fast path.
+            existing = connection.execute(
+                select(runs.c.id).where(runs.c.dedupe_key == dedupe_key)
+            ).scalar()
+            if existing is not None:
+                return CreatedRun(existing, created=False, publish=[], subscribed=True)
+        connection.execute(
+            insert(runs).values(
+                id=run_id,
+                status=RUN_RUNNING,
+                trigger_type=trigger.type,
+                trigger_event_id=event_id,
+                agent=agent,
+                parent_run_id=parent_run_id,
+                dedupe_key=dedupe_key,
+                trace_id=trace_id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        publish = append_events(
+            connection,
+            run_id=run_id,
+            trace_id=trace_id,
+            cause_step_id=None,
+            new_events=[trigger],
+            groups=[],
+            router=router,
+            now=now,
+            event_ids=[event_id],
+        )
+        settle_run(connection, run_id, RUN_RUNNING, now)
+    return CreatedRun(run_id, created=True, publish=publish, subscribed=subscribed)
+
+
+def _run_by_dedupe_key(store: Store, dedupe_key: str) -> str | None:
+    with store.read() as connection:
+        found = connection.execute(
+            select(runs.c.id).where(runs.c.dedupe_key == dedupe_key)
+        ).scalar()
+    return None if found is None else str(found)
+
+
+def send_signal(
+    store: Store, run_id: str, name: str, data: dict[str, Any], now: float | None = None
+) -> list[Publish]:
+    """Deliver a named signal: every open wait of that name in the run resumes its step."""
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        run = lock_run(connection, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}; list runs with `baton runs list`")
+        if run.status in RUN_FINISHED:
+            raise InvalidState(f"run {run_id} is {run.status}; a signal can only reach a live run")
+        open_waits = connection.execute(
+            select(waits.c.id, waits.c.name, waits.c.step_id).where(
+                waits.c.run_id == run_id, waits.c.state == "open"
+            )
+        ).all()
+        matching = [w for w in open_waits if w.name == name]
+        if not matching:
+            names = sorted({w.name for w in open_waits}) or ["none"]
+            raise NotFound(
+                f"run {run_id} has no open wait named {name!r}; open waits: {', '.join(names)}"
+            )
+        return _resolve_waits(connection, run_id, matching, "satisfied", data, now, run.status)
+
+
+def fire_due_timers(store: Store, now: float | None = None, limit: int = 200) -> list[Publish]:
+    """Time out every open wait whose deadline has passed; their steps run again."""
+    now = time.time() if now is None else now
+    with store.read() as connection:
+        due = (
+            connection.execute(
+                select(waits.c.run_id)
+                .where(waits.c.state == "open", waits.c.deadline < now)
+                .distinct()
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+    publish: list[Publish] = []
+    for run_id in due:
+        with store.transaction() as connection:
+            run = lock_run(connection, run_id)
+            expired = connection.execute(
+                select(waits.c.id, waits.c.name, waits.c.step_id).where(
+                    waits.c.run_id == run_id, waits.c.state == "open", waits.c.deadline < now
+                )
+            ).all()
+            if expired:
+                publish += _resolve_waits(
+                    connection, run_id, expired, "timed_out", {}, now, run.status
+                )
+    return publish
+
+
+def _resolve_waits(
+    connection: Connection,
+    run_id: str,
+    resolved: list[Any],
+    state: str,
+    data: dict[str, Any],
+    now: float,
+    run_status: str,
+) -> list[Publish]:
+    publish = []
+    for wait in resolved:
+        connection.execute(
+            update(waits)
+            .where(waits.c.id == wait.id)
+            .values(state=state, data=data, resolved_at=now)
+        )
+        step = connection.execute(
+            select(steps.c.actor, steps.c.queue, steps.c.traceparent).where(
+                steps.c.id == wait.step_id
+            )
+        ).one()
+        # The signal joins the run's log as a fact, caused by the step that waited for it.
+        connection.execute(
+            insert(events).values(
+                id=_ids.derive_id("signal", wait.id),
+                run_id=run_id,
+                type="baton.signal",
+                data={"name": wait.name, "data": data, "timed_out": state == "timed_out"},
+                cause_step_id=wait.step_id,
+                position=-1,
+                groups=[],
+                created_at=now,
+            )
+        )
+        message_id = _ids.new_message_id()
+        connection.execute(
+            update(steps)
+            .where(steps.c.id == wait.step_id, steps.c.state == STEP_WAITING)
+            .values(state=STEP_PENDING, available_at=now, message_id=message_id, published_at=now)
+        )
+        publish.append(
+            Publish(message_id, wait.step_id, run_id, step.actor, step.queue, step.traceparent)
+        )
+    add_to_outbox(connection, publish, now)
+    settle_run(connection, run_id, run_status, now)
+    return publish
+
+
+def cancel_run(store: Store, run_id: str, reason: str, now: float | None = None) -> str:
+    """Cancel a live run: nothing pending runs, nothing in flight is committed after this."""
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        run = lock_run(connection, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}; list runs with `baton runs list`")
+        if run.status in RUN_FINISHED:
+            raise InvalidState(f"run {run_id} is already {run.status}; nothing to cancel")
+        connection.execute(
+            update(steps)
+            .where(
+                steps.c.run_id == run_id,
+                steps.c.state.in_([STEP_PENDING, STEP_WAITING, STEP_COLLECTING]),
+            )
+            .values(state=STEP_CANCELED, finished_at=now)
+        )
+        connection.execute(
+            update(waits)
+            .where(waits.c.run_id == run_id, waits.c.state == "open")
+            .values(state="canceled", resolved_at=now)
+        )
+        connection.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                status=RUN_CANCELED, error=f"canceled: {reason}", updated_at=now, finished_at=now
+            )
+        )
+        connection.execute(
+            insert(events).values(
+                id=_ids.derive_id("canceled", run_id),
+                run_id=run_id,
+                type="baton.run.canceled",
+                data={"reason": reason},
+                cause_step_id=None,
+                position=0,
+                groups=[],
+                created_at=now,
+            )
+        )
+    return RUN_CANCELED
+
+
+def replay_failed_steps(
+    store: Store, run_id: str, step_id: str | None = None, now: float | None = None
+) -> list[Publish]:
+    """Re-run a failed run's failed steps in place; succeeded steps are never re-run.
+
+    Each replayed step gets a fresh retry budget; its id, and so its idempotency key, stays.
+    """
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        run = lock_run(connection, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}; list runs with `baton runs list`")
+        if run.status != RUN_FAILED:
+            raise InvalidState(
+                f"run {run_id} is {run.status}; in-place replay re-runs the failed steps of a "
+                "failed run"
+            )
+        query = select(steps.c.id, steps.c.actor, steps.c.queue, steps.c.traceparent).where(
+            steps.c.run_id == run_id, steps.c.state == STEP_FAILED
+        )
+        if step_id is not None:
+            query = query.where(steps.c.id == step_id)
+        failed = connection.execute(query).all()
+        if not failed:
+            which = f"step {step_id!r} is not a failed step of" if step_id else "no failed step in"
+            raise InvalidState(f"{which} run {run_id}; see `baton runs show {run_id}`")
+        publish = []
+        for step in failed:
+            message_id = _ids.new_message_id()
+            connection.execute(
+                update(steps)
+                .where(steps.c.id == step.id)
+                .values(
+                    state=STEP_PENDING,
+                    attempt_base=steps.c.attempts,
+                    available_at=now,
+                    message_id=message_id,
+                    published_at=now,
+                    finished_at=None,
+                )
+            )
+            publish.append(
+                Publish(message_id, step.id, run_id, step.actor, step.queue, step.traceparent)
+            )
+        add_to_outbox(connection, publish, now)
+        connection.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(status=RUN_RUNNING, error=None, updated_at=now, finished_at=None)
+        )
+    return publish

@@ -1,0 +1,418 @@
+"""The step protocol: claim with a lease, then commit one outcome in one transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select, update
+
+from store import _ids
+from store._appending import (
+    add_to_outbox,
+    append_events,
+    insert_on_conflict_ignore,
+    lock_run,
+    mark_run_failed,
+    settle_run,
+)
+from store._engine import Store
+from store._errors import LeaseLost
+from store._model import (
+    RUN_CANCELED,
+    RUN_FINISHED,
+    STEP_CANCELED,
+    STEP_FAILED,
+    STEP_PENDING,
+    STEP_RUNNING,
+    STEP_SUCCEEDED,
+    STEP_WAITING,
+    Claim,
+    ClaimedStep,
+    NewEvent,
+    Publish,
+    Router,
+    StoredEvent,
+)
+from store._tables import (
+    events,
+    join_arrivals,
+    memory,
+    outbox,
+    runs,
+    step_attempts,
+    steps,
+    waits,
+)
+
+# A delivery that arrives a little before the step's retry time is still taken: the broker's
+# delay queue and this machine's clock are not exact to the millisecond.
+_EARLY_TOLERANCE_SECONDS = 0.05
+
+
+def claim_step(
+    store: Store, step_id: str, owner: str, lease_seconds: float, now: float | None = None
+) -> Claim:
+    """Take the lease of a step, or say why this delivery must not run it."""
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        row = connection.execute(select(steps).where(steps.c.id == step_id)).first()
+        if row is None:
+            return Claim("missing", detail=f"no step {step_id!r} in the store")
+        run = connection.execute(
+            select(runs.c.status, runs.c.trace_id).where(runs.c.id == row.run_id)
+        ).one()
+        if run.status == RUN_CANCELED:
+            if row.state not in (STEP_SUCCEEDED, STEP_FAILED, STEP_CANCELED):
+                _cancel_step(connection, step_id, now)
+            return Claim("canceled", detail="the run was canceled")
+        if row.state == STEP_SUCCEEDED:
+            return Claim("succeeded", republish=_pending_children(connection, step_id))
+        if row.state == STEP_RUNNING and (row.lease_expires_at or 0) >= now:
+            return Claim("busy", detail=f"held by {row.lease_owner} until {row.lease_expires_at}")
+        if row.state not in (STEP_PENDING, STEP_RUNNING):
+            return Claim("finished", detail=f"step is {row.state}")
+        if row.state == STEP_PENDING and row.available_at > now + _EARLY_TOLERANCE_SECONDS:
+            return Claim("early", available_in_ms=int((row.available_at - now) * 1000))
+        taken = connection.execute(
+            update(steps)
+            .where(
+                steps.c.id == step_id,
+                or_(
+                    steps.c.state == STEP_PENDING,
+                    and_(steps.c.state == STEP_RUNNING, steps.c.lease_expires_at < now),
+                ),
+            )
+            .values(
+                state=STEP_RUNNING,
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                attempts=steps.c.attempts + 1,
+                started_at=now,
+                finished_at=None,
+            )
+        )
+        if taken.rowcount != 1:
+            return Claim("busy", detail="another delivery claimed it first")
+        if row.state == STEP_RUNNING:
+            # The previous holder's lease ran out: it died or hung. Say so in its attempt.
+            connection.execute(
+                update(step_attempts)
+                .where(
+                    step_attempts.c.step_id == step_id,
+                    step_attempts.c.attempt == row.attempts,
+                    step_attempts.c.ended_at.is_(None),
+                )
+                .values(
+                    ended_at=now,
+                    outcome="lost",
+                    error_type="LeaseExpired",
+                    error_message=f"worker {row.lease_owner} stopped renewing its lease",
+                )
+            )
+        attempt = row.attempts + 1
+        connection.execute(
+            insert(step_attempts).values(
+                step_id=step_id, attempt=attempt, run_id=row.run_id, worker=owner, started_at=now
+            )
+        )
+        event = _load_event(connection, row.event_id)
+        arrivals = _load_arrivals(connection, step_id) if row.join_expected is not None else [event]
+        return Claim(
+            "claimed",
+            step=ClaimedStep(
+                id=step_id,
+                run_id=row.run_id,
+                actor=row.actor,
+                attempt=attempt,
+                attempts_left=row.max_retries - (attempt - 1 - row.attempt_base),
+                traceparent=row.traceparent,
+                trace_id=run.trace_id,
+                event=event,
+                events=arrivals,
+                join=row.join_expected is not None,
+            ),
+        )
+
+
+def commit_step(
+    store: Store,
+    step: ClaimedStep,
+    owner: str,
+    *,
+    emitted: Sequence[NewEvent],
+    fan_out: bool,
+    memory_writes: Mapping[str, Any],
+    router: Router,
+    now: float | None = None,
+) -> list[Publish]:
+    """Record a step's success with everything it caused, in one transaction.
+
+    ``fan_out`` says the handler returned a list: its events form a group a join can wait on.
+    Raises LeaseLost if another worker holds the step now; nothing is written then.
+    """
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        run = lock_run(connection, step.run_id)
+        canceled = run.status == RUN_CANCELED
+        _finish_step(connection, step, owner, STEP_CANCELED if canceled else STEP_SUCCEEDED, now)
+        _end_attempt(connection, step, "canceled" if canceled else "succeeded", now)
+        if canceled:
+            return []
+        groups = list(step.event.groups)
+        if step.join:
+            # A join closes the group it collected: what it emits belongs to the enclosing one.
+            groups = groups[:-1]
+        if fan_out:
+            groups = [*groups, [step.id, len(emitted)]]
+        publish = append_events(
+            connection,
+            run_id=step.run_id,
+            trace_id=run.trace_id,
+            cause_step_id=step.id,
+            new_events=emitted,
+            groups=groups,
+            router=router,
+            now=now,
+        )
+        write_memory(connection, step.run_id, step.id, memory_writes, now)
+        settle_run(connection, step.run_id, run.status, now)
+        return publish
+
+
+def fail_step(
+    store: Store,
+    step: ClaimedStep,
+    owner: str,
+    *,
+    error_type: str,
+    error_message: str,
+    traceback: str,
+    retry_in_ms: int | None,
+    now: float | None = None,
+) -> list[Publish]:
+    """Record a failed attempt: schedule the retry, or fail the step and its run for good."""
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        run = lock_run(connection, step.run_id)
+        if run.status == RUN_CANCELED:
+            _finish_step(connection, step, owner, STEP_CANCELED, now)
+            _end_attempt(connection, step, "canceled", now)
+            return []
+        errors = {"error_type": error_type, "error_message": error_message}
+        if retry_in_ms is not None:
+            message_id = _ids.new_message_id()
+            _release_step(
+                connection,
+                step,
+                owner,
+                state=STEP_PENDING,
+                available_at=now + retry_in_ms / 1000,
+                message_id=message_id,
+                published_at=now,
+                **errors,
+            )
+            _end_attempt(connection, step, "failed", now, traceback=traceback, **errors)
+            retry = Publish(
+                message_id,
+                step.id,
+                step.run_id,
+                step.actor,
+                _queue_of(connection, step.id),
+                step.traceparent,
+                delay_ms=retry_in_ms,
+            )
+            add_to_outbox(connection, [retry], now)
+            return [retry]
+        _release_step(connection, step, owner, state=STEP_FAILED, finished_at=now, **errors)
+        _end_attempt(connection, step, "failed", now, traceback=traceback, **errors)
+        mark_run_failed(
+            connection, step.run_id, f"step {step.actor} failed: {error_type}: {error_message}", now
+        )
+        return []
+
+
+def park_step(
+    store: Store,
+    step: ClaimedStep,
+    owner: str,
+    *,
+    wait_name: str,
+    deadline: float | None,
+    now: float | None = None,
+) -> None:
+    """Park a step until the named signal arrives or its deadline passes."""
+    now = time.time() if now is None else now
+    with store.transaction() as connection:
+        run = lock_run(connection, step.run_id)
+        if run.status == RUN_CANCELED:
+            _finish_step(connection, step, owner, STEP_CANCELED, now)
+            _end_attempt(connection, step, "canceled", now)
+            return
+        _release_step(connection, step, owner, state=STEP_WAITING)
+        _end_attempt(connection, step, "waiting", now)
+        connection.execute(
+            insert_on_conflict_ignore(connection, waits),
+            [
+                {
+                    "id": _ids.wait_id(step.id, wait_name),
+                    "run_id": step.run_id,
+                    "step_id": step.id,
+                    "name": wait_name,
+                    "state": "open",
+                    "deadline": deadline,
+                    "created_at": now,
+                }
+            ],
+        )
+        settle_run(connection, step.run_id, run.status, now)
+
+
+def read_wait(store: Store, step_id: str, name: str) -> Any:
+    """The wait a step opened under ``name``, or None."""
+    with store.read() as connection:
+        return connection.execute(
+            select(waits.c.state, waits.c.data).where(waits.c.id == _ids.wait_id(step_id, name))
+        ).first()
+
+
+def read_memory(store: Store, run_id: str, key: str) -> tuple[bool, Any]:
+    """(found, value) of the newest version of a memory key: one index seek."""
+    with store.read() as connection:
+        row = connection.execute(
+            select(memory.c.value)
+            .where(memory.c.run_id == run_id, memory.c.key == key)
+            .order_by(memory.c.id.desc())
+            .limit(1)
+        ).first()
+    return (False, None) if row is None else (True, row.value)
+
+
+def write_memory(
+    connection: Connection, run_id: str, step_id: str | None, writes: Mapping[str, Any], now: float
+) -> None:
+    if writes:
+        connection.execute(
+            insert(memory),
+            [
+                {
+                    "run_id": run_id,
+                    "key": key,
+                    "value": value,
+                    "step_id": step_id,
+                    "created_at": now,
+                }
+                for key, value in writes.items()
+            ],
+        )
+
+
+def renew_leases(
+    store: Store, owner: str, step_ids: Sequence[str], lease_seconds: float
+) -> set[str]:
+    """Extend this worker's leases; returns the ids it no longer holds."""
+    if not step_ids:
+        return set()
+    now = time.time()
+    with store.transaction() as connection:
+        connection.execute(
+            update(steps)
+            .where(
+                steps.c.id.in_(step_ids),
+                steps.c.lease_owner == owner,
+                steps.c.state == STEP_RUNNING,
+            )
+            .values(lease_expires_at=now + lease_seconds)
+        )
+        held = connection.execute(
+            select(steps.c.id).where(
+                steps.c.id.in_(step_ids),
+                steps.c.lease_owner == owner,
+                steps.c.state == STEP_RUNNING,
+            )
+        ).scalars()
+        return set(step_ids) - set(held)
+
+
+def _finish_step(
+    connection: Connection, step: ClaimedStep, owner: str, state: str, now: float
+) -> None:
+    _release_step(connection, step, owner, state=state, finished_at=now)
+
+
+def _release_step(connection: Connection, step: ClaimedStep, owner: str, **values: Any) -> None:
+    done = connection.execute(
+        update(steps)
+        .where(steps.c.id == step.id, steps.c.lease_owner == owner, steps.c.state == STEP_RUNNING)
+        .values(lease_owner=None, lease_expires_at=None, **values)
+    )
+    if done.rowcount != 1:
+        raise LeaseLost(
+            f"step {step.id} ({step.actor}) is no longer held by {owner}: its lease expired and "
+            "another worker took it, or the run was replayed; this attempt's result is dropped"
+        )
+
+
+def _end_attempt(
+    connection: Connection, step: ClaimedStep, outcome: str, now: float, **values: Any
+) -> None:
+    connection.execute(
+        update(step_attempts)
+        .where(step_attempts.c.step_id == step.id, step_attempts.c.attempt == step.attempt)
+        .values(ended_at=now, outcome=outcome, **values)
+    )
+
+
+def _cancel_step(connection: Connection, step_id: str, now: float) -> None:
+    connection.execute(
+        update(steps)
+        .where(steps.c.id == step_id)
+        .values(state=STEP_CANCELED, lease_owner=None, lease_expires_at=None, finished_at=now)
+    )
+
+
+def _queue_of(connection: Connection, step_id: str) -> str:
+    return str(connection.execute(select(steps.c.queue).where(steps.c.id == step_id)).scalar_one())
+
+
+def _load_event(connection: Connection, event_id: str) -> StoredEvent:
+    row = connection.execute(select(events).where(events.c.id == event_id)).one()
+    return StoredEvent(row.id, row.run_id, row.type, row.data, row.groups, row.position)
+
+
+def _load_arrivals(connection: Connection, step_id: str) -> list[StoredEvent]:
+    rows = connection.execute(
+        select(events)
+        .join(join_arrivals, join_arrivals.c.event_id == events.c.id)
+        .where(join_arrivals.c.step_id == step_id)
+        .order_by(events.c.cause_step_id, events.c.position, events.c.id)
+    ).all()
+    return [StoredEvent(r.id, r.run_id, r.type, r.data, r.groups, r.position) for r in rows]
+
+
+def _pending_children(connection: Connection, step_id: str) -> list[Publish]:
+    """Messages this step caused whose publication was never confirmed: send them now.
+
+    That is the gap between a commit and its publish (the worker died in between); children
+    already handed to the broker are not sent twice.
+    """
+    rows = connection.execute(
+        select(outbox)
+        .join(steps, steps.c.id == outbox.c.step_id)
+        .join(events, events.c.id == steps.c.event_id)
+        .where(events.c.cause_step_id == step_id)
+    ).all()
+    return [publish_from_outbox(r) for r in rows]
+
+
+def publish_from_outbox(row: Any) -> Publish:
+    return Publish(
+        row.message_id, row.step_id, row.run_id, row.actor, row.queue, row.traceparent, row.delay_ms
+    )
+
+
+def run_is_finished(store: Store, run_id: str) -> bool:
+    with store.read() as connection:
+        status = connection.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
+    return status in RUN_FINISHED

@@ -1,0 +1,198 @@
+"""The tables of the system of record.
+
+Times are UNIX seconds as floats: one representation for SQLite and PostgreSQL, cheap to
+compare in the hot claim/commit path. Every hot query has a composite index named here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class RunBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=40)
+    status: str = Field(max_length=16)
+    trigger_type: str = Field(max_length=200)
+    trigger_event_id: str = Field(max_length=40)
+    agent: str | None = Field(default=None, max_length=200)
+    parent_run_id: str | None = Field(default=None, max_length=40)
+    dedupe_key: str | None = Field(default=None, max_length=300)
+    trace_id: str = Field(max_length=32)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+
+
+class Run(RunBase, table=True):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_status_created", "status", "created_at"),
+        Index("ix_runs_created", "created_at"),
+        UniqueConstraint("dedupe_key", name="uq_runs_dedupe_key"),
+    )
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_run_created", "run_id", "created_at"),
+        Index("ix_events_cause", "cause_step_id", "position"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(max_length=40)
+    type: str = Field(max_length=200)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    cause_step_id: str | None = Field(default=None, max_length=40)
+    position: int = 0
+    # The stack of fan-out groups this event belongs to, innermost last: [[group_id, size], ...].
+    groups: list[list[Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: float
+
+
+class Step(SQLModel, table=True):
+    __tablename__ = "steps"
+    __table_args__ = (
+        Index("ix_steps_run_state", "run_id", "state"),
+        Index("ix_steps_state_lease", "state", "lease_expires_at"),
+        Index("ix_steps_state_available", "state", "available_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(max_length=40)
+    event_id: str = Field(max_length=40)
+    actor: str = Field(max_length=200)
+    queue: str = Field(max_length=100)
+    state: str = Field(max_length=16)
+    attempts: int = 0
+    # Attempts made before the last in-place replay: retries are counted from here.
+    attempt_base: int = 0
+    max_retries: int = 0
+    available_at: float
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_expires_at: float | None = None
+    message_id: str | None = Field(default=None, max_length=40)
+    published_at: float | None = None
+    traceparent: str = Field(max_length=60)
+    join_expected: int | None = None
+    join_arrived: int = 0
+    error_type: str | None = Field(default=None, max_length=200)
+    error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class StepAttempt(SQLModel, table=True):
+    __tablename__ = "step_attempts"
+
+    step_id: str = Field(primary_key=True, max_length=40)
+    attempt: int = Field(primary_key=True)
+    run_id: str = Field(max_length=40)
+    worker: str = Field(max_length=100)
+    started_at: float
+    ended_at: float | None = None
+    outcome: str | None = Field(default=None, max_length=16)
+    error_type: str | None = Field(default=None, max_length=200)
+    error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    traceback: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class JoinArrival(SQLModel, table=True):
+    __tablename__ = "join_arrivals"
+
+    step_id: str = Field(primary_key=True, max_length=40)
+    event_id: str = Field(primary_key=True, max_length=40)
+    position: int = 0
+
+
+class Outbox(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_created", "created_at"),
+        Index("ix_outbox_step", "step_id"),
+    )
+
+    message_id: str = Field(primary_key=True, max_length=40)
+    step_id: str = Field(max_length=40)
+    run_id: str = Field(max_length=40)
+    actor: str = Field(max_length=200)
+    queue: str = Field(max_length=100)
+    traceparent: str = Field(max_length=60)
+    delay_ms: int = 0
+    created_at: float
+
+
+class Wait(SQLModel, table=True):
+    __tablename__ = "waits"
+    __table_args__ = (
+        Index("ix_waits_run_state", "run_id", "state"),
+        Index("ix_waits_state_deadline", "state", "deadline"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(max_length=40)
+    step_id: str = Field(max_length=40)
+    name: str = Field(max_length=200)
+    state: str = Field(max_length=16)
+    deadline: float | None = None
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: float
+    resolved_at: float | None = None
+
+
+class Memory(SQLModel, table=True):
+    """Run memory as versions: a write appends, a read takes the newest through the index."""
+
+    __tablename__ = "memory"
+    __table_args__ = (Index("ix_memory_run_key_id", "run_id", "key", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=40)
+    key: str = Field(max_length=200)
+    value: Any = Field(sa_column=Column(JSON, nullable=True))
+    step_id: str | None = Field(default=None, max_length=40)
+    created_at: float
+
+
+class DeadLetter(SQLModel, table=True):
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_created", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    queue: str = Field(max_length=100)
+    actor: str | None = Field(default=None, max_length=200)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    run_id: str | None = Field(default=None, max_length=40)
+    step_id: str | None = Field(default=None, max_length=40)
+    created_at: float
+
+
+class Delivery(SQLModel, table=True):
+    """A webhook delivery seen by the gateway: dedupe on (source, delivery id)."""
+
+    __tablename__ = "deliveries"
+
+    source: str = Field(primary_key=True, max_length=100)
+    delivery_id: str = Field(primary_key=True, max_length=200)
+    event_type: str = Field(max_length=200)
+    status: str = Field(max_length=16)
+    run_id: str | None = Field(default=None, max_length=40)
+    created_at: float
+
+
+runs = Run.__table__  # type: ignore[attr-defined]
+events = Event.__table__  # type: ignore[attr-defined]
+steps = Step.__table__  # type: ignore[attr-defined]
+step_attempts = StepAttempt.__table__  # type: ignore[attr-defined]
+join_arrivals = JoinArrival.__table__  # type: ignore[attr-defined]
+outbox = Outbox.__table__  # type: ignore[attr-defined]
+waits = Wait.__table__  # type: ignore[attr-defined]
+memory = Memory.__table__  # type: ignore[attr-defined]
+dead_letters = DeadLetter.__table__  # type: ignore[attr-defined]
+deliveries = Delivery.__table__  # type: ignore[attr-defined]

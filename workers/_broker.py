@@ -1,0 +1,158 @@
+"""The Dramatiq broker, wired in this one place.
+
+Redis carries pointers only: (step id, run id, trace context). Two departures from
+Dramatiq's stock Redis broker, both small:
+
+- a message may arrive with its Redis message id already chosen (recorded on the step in the
+  store) so the reconciler can ask Redis whether the step's message still exists;
+- a message that cannot be decoded is dead-lettered with its raw bytes instead of crashing the
+  consumer, which would otherwise restart and fetch the same bytes again and again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis, dq_name
+from dramatiq.errors import DecodeError
+from dramatiq.middleware import (
+    AsyncIO,
+    CurrentMessage,
+    Middleware,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from workers._errors import WorkerError
+
+NAMESPACE = "baton"
+_logger = logging.getLogger("baton.broker")
+
+MalformedHandler = Callable[[str, bytes, str], None]
+
+
+class Broker(RedisBroker):
+    """RedisBroker that honours a preset message id and dead-letters undecodable messages."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        on_malformed: MalformedHandler | None = None,
+        heartbeat_timeout_ms: int = 30_000,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            url=url,
+            namespace=NAMESPACE,
+            middleware=[
+                CurrentMessage(),
+                TimeLimit(),
+                ShutdownNotifications(),
+                AsyncIO(),
+            ],
+            heartbeat_timeout=heartbeat_timeout_ms,
+            # Our reconciler runs queue maintenance itself, every interval.
+            maintenance_chance=0,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            **options,
+        )
+        self.on_malformed = on_malformed
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _Consumer
+
+    def enqueue(
+        self, message: dramatiq.Message[Any], *, delay: int | None = None
+    ) -> dramatiq.Message[Any]:
+        message_id = message.options.get("redis_message_id")
+        if message_id is None:
+            return super().enqueue(message, delay=delay)
+        queue_name = message.queue_name
+        if delay is not None and delay > 0:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        self.emit_before("enqueue", message, delay)
+        self.do_enqueue(queue_name, message_id, message.encode())
+        self.emit_after("enqueue", message, delay)
+        return message
+
+    def message_exists(self, queue_name: str, message_ids: list[str]) -> list[bool]:
+        """Whether Redis still holds each message, queued or delayed (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.hexists(f"{NAMESPACE}:{queue_name}.msgs", message_id)
+            pipe.hexists(f"{NAMESPACE}:{dq_name(queue_name)}.msgs", message_id)
+        answers = pipe.execute()
+        return [bool(answers[i] or answers[i + 1]) for i in range(0, len(answers), 2)]
+
+    def run_maintenance(self, queue_name: str) -> None:
+        """Requeue what dead consumers had fetched (Dramatiq's own script, run on purpose)."""
+        self.scripts["dispatch"](
+            args=[
+                "qsize",
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                1,
+                self._max_unpack_size(),
+            ],
+            keys=[self.namespace],
+        )
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except Exception as error:
+            raise WorkerError(f"cannot reach Redis: {error}") from error
+
+
+class _Consumer(_RedisConsumer):  # type: ignore[misc]
+    def __next__(self) -> Any:
+        while True:
+            try:
+                return super().__next__()
+            except DecodeError as error:
+                self._dead_letter(
+                    error.data if isinstance(error.data, bytes) else str(error.data).encode(),
+                    str(error.error),
+                )
+
+    def _dead_letter(self, raw: bytes, reason: str) -> None:
+        """Find the undecodable message among the ones this consumer fetched, keep it, ack it."""
+        broker: Broker = self.broker
+        acks_key = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        messages_key = f"{broker.namespace}:{self.queue_name}.msgs"
+        for message_id in broker.client.smembers(acks_key):
+            if broker.client.hget(messages_key, message_id) == raw:
+                if broker.on_malformed is not None:
+                    broker.on_malformed(self.queue_name, raw, f"undecodable message: {reason}")
+                broker.do_ack(self.queue_name, message_id)
+                _logger.error("dead-lettered an undecodable message on %r", self.queue_name)
+                return
+        # Not found: it was acked or requeued meanwhile; nothing to keep.
+        time.sleep(0)
+
+
+class DeadLetterUnknownActors(Middleware):
+    """A message for an actor this worker does not know is kept in the store, not lost."""
+
+    def __init__(self, on_malformed: MalformedHandler) -> None:
+        self.on_malformed = on_malformed
+
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        self.on_malformed(
+            message.queue_name,
+            message.encode(),
+            f"nacked: no actor {message.actor_name!r} in this worker, or it failed outside a step",
+        )

@@ -1,0 +1,26 @@
+"""Errors and control-flow signals of the runtime."""
+
+from __future__ import annotations
+
+from events import BatonError
+
+
+class ActorError(BatonError):
+    """An actor is declared wrongly; raised when its module is imported."""
+
+
+class WorkerError(BatonError):
+    """The worker cannot start or cannot reach the broker."""
+
+
+class Wait(Exception):
+    """Raised by ``ctx.wait_for``: park this step until the named signal or the deadline."""
+
+    def __init__(self, name: str, deadline: float | None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.deadline = deadline
+
+
+class WaitTimeout(BatonError):
+    """A wait's deadline passed before its signal arrived."""

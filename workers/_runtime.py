@@ -1,0 +1,387 @@
+"""The step protocol on Dramatiq: claim, run the handler, commit, publish.
+
+One Runtime per process binds every registered actor to the broker as a Dramatiq actor whose
+message is a pointer (step id, run id, trace context). The store decides what runs; Redis
+only says when to look.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.common import compute_backoff
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
+
+from events import Event, EventError, parse_event
+from store import (
+    ClaimedStep,
+    LeaseLost,
+    NewEvent,
+    Publish,
+    Route,
+    Store,
+    StoreError,
+    claim_step,
+    commit_step,
+    confirm_published,
+    create_run,
+    fail_step,
+    park_step,
+    record_dead_letter,
+    renew_leases,
+)
+from store import CreatedRun as _CreatedRun
+from workers._actor import Actor, find_actor, registered_actors, subscribers
+from workers._broker import Broker, DeadLetterUnknownActors
+from workers._context import Context
+from workers._errors import Wait
+
+_logger = logging.getLogger("baton.worker")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The tunings a worker needs, passed down from the settings."""
+
+    lease_seconds: float = 10.0
+    default_retries: int = 3
+    min_backoff_ms: int = 500
+    max_backoff_ms: int = 60_000
+    step_timeout_seconds: float = 300.0
+    relay_after_seconds: float = 3.0
+    republish_after_seconds: float = 30.0
+    reconcile_interval_seconds: float = 1.0
+    worker_idle_timeout_ms: int = 100
+
+
+class Runtime:
+    """The store, the broker and the registered actors of one process."""
+
+    def __init__(self, store: Store, redis_url: str, config: RuntimeConfig | None = None) -> None:
+        self.store = store
+        self.config = config or RuntimeConfig()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.broker = Broker(
+            url=redis_url,
+            on_malformed=self._dead_letter,
+            heartbeat_timeout_ms=int(self.config.republish_after_seconds * 1000),
+        )
+        self.broker.add_middleware(DeadLetterUnknownActors(self._dead_letter))
+        self._bound: dict[str, dramatiq.Actor[Any, Any]] = {}
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+        self._confirmations: list[str] = []
+        self._confirm_lock = threading.Lock()
+        self._housekeeper: _Housekeeper | None = None
+        self.bind()
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Make a Dramatiq actor for every registered actor not bound yet."""
+        for registered in registered_actors():
+            name = registered.options.name
+            if name in self._bound:
+                continue
+            time_limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
+            self._bound[name] = dramatiq.Actor(
+                self._entry_point(name),
+                broker=self.broker,
+                actor_name=name,
+                queue_name=registered.options.queue,
+                priority=0,
+                options={"time_limit": int(time_limit * 1000), "max_retries": 0},
+            )
+
+    def _entry_point(self, name: str) -> Any:
+        def run_step(*args: Any, **kwargs: Any) -> None:
+            self.handle_message(name, args, kwargs)
+
+        run_step.__name__ = name.rsplit(".", 1)[-1]
+        return run_step
+
+    def route(self, event_type: str) -> Sequence[Route]:
+        return [
+            Route(
+                actor=a.options.name,
+                queue=a.options.queue,
+                max_retries=self.config.default_retries
+                if a.options.retries is None
+                else a.options.retries,
+                join=a.options.join,
+            )
+            for a in subscribers(event_type)
+        ]
+
+    # -- starting runs -------------------------------------------------------------------
+
+    def start_run(
+        self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None
+    ) -> _CreatedRun:
+        """Create a run triggered by ``event`` and hand its first steps to the broker."""
+        created = create_run(
+            self.store,
+            NewEvent(event.type, event.model_dump(mode="json")),
+            self.route,
+            dedupe_key=dedupe_key,
+            trace_id=trace_id,
+        )
+        self.publish(created.publish, confirm_now=True)
+        return created
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, messages: Sequence[Publish], *, confirm_now: bool = False) -> None:
+        """Hand committed messages to Redis, then mark their outbox rows done.
+
+        If this fails (Redis down) the outbox rows stay and the relay sends them later.
+        """
+        if not messages:
+            return
+        sent = []
+        try:
+            for message in messages:
+                self.send(message)
+                sent.append(message.message_id)
+        except Exception:
+            _logger.warning(
+                "could not publish %d message(s); the relay will retry",
+                len(messages) - len(sent),
+                exc_info=True,
+            )
+        if confirm_now or self._housekeeper is None:
+            confirm_published(self.store, sent)
+        else:
+            with self._confirm_lock:
+                self._confirmations.extend(sent)
+
+    def send(self, message: Publish) -> None:
+        self.broker.enqueue(
+            dramatiq.Message(
+                queue_name=message.queue,
+                actor_name=message.actor,
+                args=(message.step_id, message.run_id, message.traceparent),
+                kwargs={},
+                options={"redis_message_id": message.message_id},
+            ),
+            delay=message.delay_ms or None,
+        )
+
+    # -- running a step ------------------------------------------------------------------
+
+    def handle_message(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if kwargs or len(args) != 3 or not all(isinstance(a, str) for a in args):
+            self._dead_letter_current(f"message for {name} has malformed arguments {args!r}")
+            return
+        step_id, _run_id, _traceparent = args
+        registered = find_actor(name)
+        if registered is None:
+            self._dead_letter_current(f"no actor {name!r} is registered in this worker")
+            return
+        claim = claim_step(self.store, step_id, self.owner, self.config.lease_seconds)
+        if claim.outcome == "succeeded":
+            self.publish(claim.republish, confirm_now=True)
+            return
+        if claim.outcome == "missing":
+            self._dead_letter_current(claim.detail)
+            return
+        if claim.outcome == "early":
+            message = CurrentMessage.get_current_message()
+            if message is not None:
+                self.broker.enqueue(message.copy(), delay=claim.available_in_ms)
+            return
+        if claim.outcome != "claimed":
+            _logger.debug("step %s not run: %s %s", step_id, claim.outcome, claim.detail)
+            return
+        assert claim.step is not None
+        self._run_claimed(registered, claim.step)
+
+    def _run_claimed(self, registered: Actor[Any], step: ClaimedStep) -> None:
+        with self._in_flight_lock:
+            self._in_flight.add(step.id)
+        try:
+            publish = self._execute(registered, step)
+        except LeaseLost as error:
+            _logger.warning("%s", error)
+            publish = []
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(step.id)
+        self.publish(publish)
+
+    def _execute(self, registered: Actor[Any], step: ClaimedStep) -> list[Publish]:
+        context = Context(
+            runtime=self,
+            run_id=step.run_id,
+            step_id=step.id,
+            actor=step.actor,
+            attempt=step.attempt,
+            traceparent=step.traceparent,
+            trace_id=step.trace_id,
+        )
+        try:
+            argument: Any
+            if step.join:
+                argument = [parse_event(e.type, e.data) for e in step.events]
+            else:
+                argument = parse_event(step.event.type, step.event.data)
+            result = self._call(registered, argument, context)
+            emitted, fan_out = _emitted(registered, result)
+        except Wait as wait:
+            park_step(self.store, step, self.owner, wait_name=wait.name, deadline=wait.deadline)
+            return []
+        except (Exception, TimeLimitExceeded) as error:
+            return self._fail(registered, step, error)
+        return commit_step(
+            self.store,
+            step,
+            self.owner,
+            emitted=emitted,
+            fan_out=fan_out,
+            memory_writes=context.memory.pending_writes(),
+            router=self.route,
+        )
+
+    def _call(self, registered: Actor[Any], argument: Any, context: Context) -> Any:
+        if registered.options.is_async:
+            loop_thread = get_event_loop_thread()
+            if loop_thread is None:
+                raise RuntimeError("async actors need the AsyncIO middleware's event loop")
+            return loop_thread.run_coroutine(registered.fn(argument, context))
+        return registered.fn(argument, context)
+
+    def _fail(
+        self, registered: Actor[Any], step: ClaimedStep, error: BaseException
+    ) -> list[Publish]:
+        permanent = isinstance(error, registered.options.throws + _NEVER_RETRIED)
+        retry_in_ms = None
+        if not permanent and step.attempts_left > 0:
+            _, retry_in_ms = compute_backoff(
+                step.attempt - 1,
+                factor=self.config.min_backoff_ms,
+                max_backoff=self.config.max_backoff_ms,
+            )
+        message = str(error) or repr(error)
+        if isinstance(error, TimeLimitExceeded):
+            limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
+            message = (
+                f"the step ran longer than its {limit:g}s time limit; raise it with "
+                f"@actor(timeout=...) if the work is legitimately slow"
+            )
+        _logger.warning(
+            "step %s (%s) attempt %d failed: %s: %s%s",
+            step.id,
+            step.actor,
+            step.attempt,
+            type(error).__name__,
+            message,
+            f"; retrying in {retry_in_ms} ms" if retry_in_ms is not None else "",
+        )
+        return fail_step(
+            self.store,
+            step,
+            self.owner,
+            error_type=type(error).__name__,
+            error_message=message,
+            traceback="".join(traceback.format_exception(error)),
+            retry_in_ms=retry_in_ms,
+        )
+
+    # -- dead letters --------------------------------------------------------------------
+
+    def _dead_letter(self, queue: str, raw: bytes, reason: str) -> None:
+        try:
+            record_dead_letter(self.store, queue=queue, raw=raw, reason=reason)
+        except StoreError:
+            _logger.exception("could not record a dead letter on %r: %s", queue, reason)
+
+    def _dead_letter_current(self, reason: str) -> None:
+        message = CurrentMessage.get_current_message()
+        raw = message.encode() if message is not None else b""
+        queue = message.queue_name if message is not None else "?"
+        _logger.error("dead-lettered a message on %r: %s", queue, reason)
+        self._dead_letter(queue, raw, reason)
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def start_housekeeping(self) -> None:
+        if self._housekeeper is None:
+            self._housekeeper = _Housekeeper(self)
+            self._housekeeper.start()
+
+    def stop_housekeeping(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.stop()
+            self._housekeeper = None
+        self.flush_confirmations()
+
+    def flush_confirmations(self) -> None:
+        with self._confirm_lock:
+            pending, self._confirmations = self._confirmations, []
+        if pending:
+            try:
+                confirm_published(self.store, pending)
+            except StoreError:
+                # The relay re-sends them: a duplicate message is harmless, a lost one is not.
+                _logger.warning("could not confirm %d published message(s)", len(pending))
+
+    def renew_leases(self) -> None:
+        with self._in_flight_lock:
+            held = list(self._in_flight)
+        lost = renew_leases(self.store, self.owner, held, self.config.lease_seconds)
+        for step_id in lost:
+            _logger.warning("lease of step %s was lost; its result will be dropped", step_id)
+
+
+# Mistakes in the handler's own declaration or return value: retrying cannot fix them.
+_NEVER_RETRIED: tuple[type[BaseException], ...] = (EventError, TypeError)
+
+
+def _emitted(registered: Actor[Any], result: Any) -> tuple[list[NewEvent], bool]:
+    if result is None:
+        return [], False
+    if isinstance(result, Event):
+        return [NewEvent(result.type, result.model_dump(mode="json"))], False
+    if isinstance(result, list | tuple) and all(isinstance(item, Event) for item in result):
+        return [NewEvent(e.type, e.model_dump(mode="json")) for e in result], True
+    raise TypeError(
+        f"actor {registered.options.name} returned {type(result).__name__}; return an Event, "
+        "a list of Events, or None"
+    )
+
+
+class _Housekeeper(threading.Thread):
+    """Renews this process's leases and confirms publications in batches, off the hot path."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(name="baton-housekeeper", daemon=True)
+        self.runtime = runtime
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        renew_every = max(self.runtime.config.lease_seconds / 3, 0.1)
+        renewed_at = 0.0
+        while not self._stopped.wait(0.05):
+            try:
+                self.runtime.flush_confirmations()
+                now = time.monotonic()
+                if now - renewed_at >= renew_every:
+                    self.runtime.renew_leases()
+                    renewed_at = now
+            except Exception:
+                _logger.exception("housekeeping failed; trying again")
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)

@@ -1,0 +1,62 @@
+"""A worker: Dramatiq's consumer and worker threads, plus housekeeping and maintenance."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Iterable
+
+import dramatiq
+
+from workers._errors import WorkerError
+from workers._maintenance import Maintenance
+from workers._runtime import Runtime
+
+_logger = logging.getLogger("baton.worker")
+
+
+def import_modules(modules: Iterable[str]) -> None:
+    """Import the modules that declare actors; a clear error when one cannot be imported."""
+    if "" not in sys.path and "." not in sys.path:
+        # `baton worker examples.chain` is run from the project folder, like `python -m`.
+        sys.path.insert(0, "")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise WorkerError(
+                f"cannot import actor module {name!r}: {error}; run from the folder that "
+                "contains it or install it, and name it as you would in an import statement"
+            ) from error
+
+
+class Worker:
+    """Everything one worker process runs; ``start`` returns once the threads are up."""
+
+    def __init__(self, runtime: Runtime, *, threads: int = 8, maintenance: bool = True) -> None:
+        if threads < 1:
+            raise WorkerError(f"a worker needs at least one thread, got {threads}")
+        self.runtime = runtime
+        runtime.bind()
+        self._worker = dramatiq.Worker(
+            runtime.broker,
+            worker_threads=threads,
+            worker_timeout=runtime.config.worker_idle_timeout_ms,
+        )
+        self.maintenance = Maintenance(runtime) if maintenance else None
+
+    def start(self) -> None:
+        self.runtime.broker.ping()
+        self.runtime.start_housekeeping()
+        self._worker.start()
+        if self.maintenance is not None:
+            self.maintenance.start()
+        _logger.info("worker %s started", self.runtime.owner)
+
+    def stop(self, timeout_ms: int = 30_000) -> None:
+        if self.maintenance is not None:
+            self.maintenance.stop()
+        self._worker.stop(timeout=timeout_ms)
+        self.runtime.stop_housekeeping()
+        _logger.info("worker %s stopped", self.runtime.owner)
