@@ -8,22 +8,28 @@ from events._event import (
     parse_event,
     registered_types,
 )
-from events.builtin import RunCanceled, RunFailed, RunStarted, RunSucceeded, Signal
+from events.builtin import (
+    RunCanceled,
+    RunFailed,
+    RunReplayed,
+    RunSucceeded,
+    Signal,
+)
 
 __all__ = [
     # errors
     "BatonError",
+    "EventError",
     # the base and the registry
     "Event",
-    "EventError",
-    "RunCanceled",
-    "RunFailed",
-    # built-in events
-    "RunStarted",
-    "RunSucceeded",
-    "Signal",
     "describe_validation",
     "event_class",
     "parse_event",
     "registered_types",
+    # built-in events
+    "RunCanceled",
+    "RunFailed",
+    "RunReplayed",
+    "RunSucceeded",
+    "Signal",
 ]

@@ -9,12 +9,6 @@ from pydantic import Field
 from events._event import Event
 
 
-class RunStarted(Event, type="baton.run.started"):
-    """Appended when a run is created by an API call or the CLI without a typed trigger."""
-
-    reason: str = ""
-
-
 class RunSucceeded(Event, type="baton.run.succeeded"):
     """Appended when nothing is pending, running or waiting in a run any more."""
 
@@ -32,6 +26,13 @@ class RunCanceled(Event, type="baton.run.canceled"):
     """Appended when an operator cancels a run."""
 
     reason: str
+
+
+class RunReplayed(Event, type="baton.run.replayed"):
+    """Appended when an operator replays a run's failed steps in place."""
+
+    reason: str
+    steps: list[str]
 
 
 class Signal(Event, type="baton.signal"):

@@ -23,6 +23,16 @@ from store._model import (
     Router,
     StoredEvent,
 )
+from store._queries import (
+    RunFilter,
+    known_modules,
+    list_runs,
+    modules_for_event_type,
+    record_actors,
+    resolve_run_id,
+    run_detail,
+    run_status,
+)
 from store._runs import cancel_run, create_run, fire_due_timers, replay_failed_steps, send_signal
 from store._steps import (
     claim_step,
@@ -35,43 +45,53 @@ from store._steps import (
 )
 
 __all__ = [
-    "RUN_FINISHED",
-    "Claim",
-    "ClaimedStep",
-    "CreatedRun",
-    "InvalidState",
-    "LeaseLost",
-    "NewEvent",
-    "NotFound",
-    "Publish",
-    "Route",
-    "Router",
     # the engine and its errors
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "NotFound",
+    "InvalidState",
+    "LeaseLost",
+    "upgrade",
+    # records
+    "Route",
+    "Router",
+    "Publish",
+    "NewEvent",
     "StoredEvent",
+    "Claim",
+    "ClaimedStep",
+    "CreatedRun",
     "Suspect",
+    "RUN_FINISHED",
+    # runs
+    "create_run",
+    "send_signal",
+    "fire_due_timers",
     "cancel_run",
+    "replay_failed_steps",
     # the step protocol
     "claim_step",
     "commit_step",
-    "confirm_published",
-    # runs
-    "create_run",
-    # maintenance
-    "due_outbox",
     "fail_step",
-    "fire_due_timers",
-    "mark_seen",
     "park_step",
     "read_memory",
     "read_wait",
-    "record_dead_letter",
-    "reissue",
     "renew_leases",
-    "replay_failed_steps",
-    "send_signal",
+    # relay and reconciler
+    "due_outbox",
+    "confirm_published",
+    "reissue",
     "suspects",
-    "upgrade",
+    "mark_seen",
+    "record_dead_letter",
+    # reads for operators
+    "RunFilter",
+    "list_runs",
+    "resolve_run_id",
+    "run_detail",
+    "run_status",
+    "record_actors",
+    "modules_for_event_type",
+    "known_modules",
 ]

@@ -287,12 +287,53 @@ def settle_run(connection: Connection, run_id: str, status: str, now: float) -> 
     if error:
         values["error"] = error
     connection.execute(update(runs).where(runs.c.id == run_id).values(**values))
+    if new_status == RUN_SUCCEEDED:
+        append_lifecycle(connection, run_id, "baton.run.succeeded", {}, None, now)
     return new_status
 
 
-def mark_run_failed(connection: Connection, run_id: str, error: str, now: float) -> None:
+def mark_run_failed(
+    connection: Connection,
+    run_id: str,
+    failure: dict[str, Any],
+    step_id: str,
+    attempt: int,
+    now: float,
+) -> None:
+    error = f"step {failure['actor']} failed: {failure['error_type']}: {failure['message']}"
     connection.execute(
         update(runs)
         .where(runs.c.id == run_id, runs.c.status.not_in([RUN_CANCELED]))
         .values(status=RUN_FAILED, error=error, updated_at=now, finished_at=now)
+    )
+    append_lifecycle(
+        connection, run_id, "baton.run.failed", failure, step_id, now, key=f"{step_id}/{attempt}"
+    )
+
+
+def append_lifecycle(
+    connection: Connection,
+    run_id: str,
+    type: str,
+    data: dict[str, Any],
+    cause_step_id: str | None,
+    now: float,
+    *,
+    key: str = "",
+) -> None:
+    """Record a run's lifecycle in its own log; no actor is dispatched for these events."""
+    connection.execute(
+        insert_on_conflict_ignore(connection, events),
+        [
+            {
+                "id": _ids.derive_id(type, run_id, key),
+                "run_id": run_id,
+                "type": type,
+                "data": data,
+                "cause_step_id": cause_step_id,
+                "position": -1,
+                "groups": [],
+                "created_at": now,
+            }
+        ],
     )

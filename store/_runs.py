@@ -8,7 +8,13 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from store import _ids
-from store._appending import add_to_outbox, append_events, lock_run, settle_run
+from store._appending import (
+    add_to_outbox,
+    append_events,
+    append_lifecycle,
+    lock_run,
+    settle_run,
+)
 from store._engine import Store
 from store._errors import InvalidState, NotFound
 from store._model import (
@@ -231,23 +237,17 @@ def cancel_run(store: Store, run_id: str, reason: str, now: float | None = None)
                 status=RUN_CANCELED, error=f"canceled: {reason}", updated_at=now, finished_at=now
             )
         )
-        connection.execute(
-            insert(events).values(
-                id=_ids.derive_id("canceled", run_id),
-                run_id=run_id,
-                type="baton.run.canceled",
-                data={"reason": reason},
-                cause_step_id=None,
-                position=0,
-                groups=[],
-                created_at=now,
-            )
-        )
+        append_lifecycle(connection, run_id, "baton.run.canceled", {"reason": reason}, None, now)
     return RUN_CANCELED
 
 
 def replay_failed_steps(
-    store: Store, run_id: str, step_id: str | None = None, now: float | None = None
+    store: Store,
+    run_id: str,
+    *,
+    reason: str,
+    step_id: str | None = None,
+    now: float | None = None,
 ) -> list[Publish]:
     """Re-run a failed run's failed steps in place; succeeded steps are never re-run.
 
@@ -295,5 +295,14 @@ def replay_failed_steps(
             update(runs)
             .where(runs.c.id == run_id)
             .values(status=RUN_RUNNING, error=None, updated_at=now, finished_at=None)
+        )
+        append_lifecycle(
+            connection,
+            run_id,
+            "baton.run.replayed",
+            {"reason": reason, "steps": [step.id for step in failed]},
+            None,
+            now,
+            key=_ids.new_message_id(),
         )
     return publish

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
@@ -145,6 +145,7 @@ def commit_step(
     fan_out: bool,
     memory_writes: Mapping[str, Any],
     router: Router,
+    extra_writes: Sequence[Callable[[Connection], None]] = (),
     now: float | None = None,
 ) -> list[Publish]:
     """Record a step's success with everything it caused, in one transaction.
@@ -177,6 +178,8 @@ def commit_step(
             now=now,
         )
         write_memory(connection, step.run_id, step.id, memory_writes, now)
+        for write in extra_writes:
+            write(connection)
         settle_run(connection, step.run_id, run.status, now)
         return publish
 
@@ -228,7 +231,17 @@ def fail_step(
         _release_step(connection, step, owner, state=STEP_FAILED, finished_at=now, **errors)
         _end_attempt(connection, step, "failed", now, traceback=traceback, **errors)
         mark_run_failed(
-            connection, step.run_id, f"step {step.actor} failed: {error_type}: {error_message}", now
+            connection,
+            step.run_id,
+            {
+                "step_id": step.id,
+                "actor": step.actor,
+                "error_type": error_type,
+                "message": error_message,
+            },
+            step.id,
+            step.attempt,
+            now,
         )
         return []
 

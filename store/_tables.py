@@ -196,3 +196,19 @@ waits = Wait.__table__  # type: ignore[attr-defined]
 memory = Memory.__table__  # type: ignore[attr-defined]
 dead_letters = DeadLetter.__table__  # type: ignore[attr-defined]
 deliveries = Delivery.__table__  # type: ignore[attr-defined]
+
+
+class ActorRecord(SQLModel, table=True):
+    """What workers have declared: lets the CLI and the gateway find an event type's module."""
+
+    __tablename__ = "actor_catalog"
+
+    name: str = Field(primary_key=True, max_length=200)
+    module: str = Field(max_length=300)
+    queue: str = Field(max_length=100)
+    event_types: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    join: bool = False
+    updated_at: float
+
+
+actor_catalog = ActorRecord.__table__  # type: ignore[attr-defined]

@@ -8,21 +8,21 @@ from workers._runtime import Runtime, RuntimeConfig
 from workers._worker import Worker, import_modules
 
 __all__ = [
-    # declaring
+    # declaring actors
     "Actor",
     "ActorError",
     "Context",
-    "Maintenance",
     "Memory",
-    "Runtime",
-    "RuntimeConfig",
     "Wait",
     "WaitTimeout",
-    # running
-    "Worker",
-    "WorkerError",
     "actor",
-    "import_modules",
     "registered_actors",
     "subscribers",
+    # running them
+    "Maintenance",
+    "Runtime",
+    "RuntimeConfig",
+    "Worker",
+    "WorkerError",
+    "import_modules",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
 
 from store import Store, read_memory, read_wait
 from workers._durations import seconds
@@ -94,6 +96,15 @@ class Context:
             _logger, {"run_id": run_id, "step_id": step_id, "actor": actor}
         )
         self._runtime = runtime
+        self._writes: list[Callable[[Connection], None]] = []
+
+    def defer_write(self, write: Callable[[Connection], None]) -> None:
+        """Run ``write`` inside the transaction that commits this step (for built-in actors
+        that keep rows of their own, such as the conversation)."""
+        self._writes.append(write)
+
+    def pending_writes(self) -> list[Callable[[Connection], None]]:
+        return list(self._writes)
 
     def wait_for(self, name: str, *, timeout: float | str | None = None) -> dict[str, Any]:
         """The data of signal ``name`` sent to this run; parks the step until it arrives.

@@ -7,6 +7,8 @@ only says when to look.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
@@ -38,6 +40,7 @@ from store import (
     create_run,
     fail_step,
     park_step,
+    record_actors,
     record_dead_letter,
     renew_leases,
 )
@@ -63,6 +66,8 @@ class RuntimeConfig:
     republish_after_seconds: float = 30.0
     reconcile_interval_seconds: float = 1.0
     worker_idle_timeout_ms: int = 100
+    # Async steps (model calls) in flight per process: they wait on the network, not a thread.
+    max_async_steps: int = 1000
 
 
 class Runtime:
@@ -84,6 +89,7 @@ class Runtime:
         self._confirmations: list[str] = []
         self._confirm_lock = threading.Lock()
         self._housekeeper: _Housekeeper | None = None
+        self._async_slots = threading.BoundedSemaphore(self.config.max_async_steps)
         self.bind()
 
     # -- wiring ---------------------------------------------------------------------------
@@ -103,6 +109,23 @@ class Runtime:
                 priority=0,
                 options={"time_limit": int(time_limit * 1000), "max_retries": 0},
             )
+
+    def record_catalog(self) -> None:
+        """Tell the store which actors this worker runs, so the CLI and gateway can find them."""
+        record_actors(
+            self.store,
+            [
+                {
+                    "name": a.options.name,
+                    "module": a.fn.__module__,
+                    "queue": a.options.queue,
+                    "event_types": [cls.type for cls in a.options.on],
+                    "join": a.options.join,
+                }
+                for a in registered_actors()
+                if a.fn.__module__ != "__main__"
+            ],
+        )
 
     def _entry_point(self, name: str) -> Any:
         def run_step(*args: Any, **kwargs: Any) -> None:
@@ -208,6 +231,9 @@ class Runtime:
         self._run_claimed(registered, claim.step)
 
     def _run_claimed(self, registered: Actor[Any], step: ClaimedStep) -> None:
+        if registered.options.is_async:
+            self._hand_off(registered, step)
+            return
         with self._in_flight_lock:
             self._in_flight.add(step.id)
         try:
@@ -221,7 +247,19 @@ class Runtime:
         self.publish(publish)
 
     def _execute(self, registered: Actor[Any], step: ClaimedStep) -> list[Publish]:
-        context = Context(
+        context = self._context(step)
+        try:
+            result = registered.fn(_handler_argument(step), context)
+            emitted, fan_out = _emitted(registered, result)
+        except Wait as wait:
+            park_step(self.store, step, self.owner, wait_name=wait.name, deadline=wait.deadline)
+            return []
+        except (Exception, TimeLimitExceeded) as error:
+            return self._fail(registered, step, error)
+        return self._commit(step, context, emitted, fan_out)
+
+    def _context(self, step: ClaimedStep) -> Context:
+        return Context(
             runtime=self,
             run_id=step.run_id,
             step_id=step.id,
@@ -230,19 +268,10 @@ class Runtime:
             traceparent=step.traceparent,
             trace_id=step.trace_id,
         )
-        try:
-            argument: Any
-            if step.join:
-                argument = [parse_event(e.type, e.data) for e in step.events]
-            else:
-                argument = parse_event(step.event.type, step.event.data)
-            result = self._call(registered, argument, context)
-            emitted, fan_out = _emitted(registered, result)
-        except Wait as wait:
-            park_step(self.store, step, self.owner, wait_name=wait.name, deadline=wait.deadline)
-            return []
-        except (Exception, TimeLimitExceeded) as error:
-            return self._fail(registered, step, error)
+
+    def _commit(
+        self, step: ClaimedStep, context: Context, emitted: list[NewEvent], fan_out: bool
+    ) -> list[Publish]:
         return commit_step(
             self.store,
             step,
@@ -250,16 +279,81 @@ class Runtime:
             emitted=emitted,
             fan_out=fan_out,
             memory_writes=context.memory.pending_writes(),
+            extra_writes=context.pending_writes(),
             router=self.route,
         )
 
-    def _call(self, registered: Actor[Any], argument: Any, context: Context) -> Any:
-        if registered.options.is_async:
-            loop_thread = get_event_loop_thread()
-            if loop_thread is None:
-                raise RuntimeError("async actors need the AsyncIO middleware's event loop")
-            return loop_thread.run_coroutine(registered.fn(argument, context))
-        return registered.fn(argument, context)
+    # -- async steps: handed to the event loop, the Dramatiq thread moves on ---------------
+
+    def _hand_off(self, registered: Actor[Any], step: ClaimedStep) -> None:
+        """Run an async step on the worker's event loop without holding a worker thread.
+
+        The message is acked when this returns; the step stays ours through its lease, which
+        the housekeeper renews until the commit. If the process dies, the lease runs out and
+        the reconciler re-publishes the step. A bounded number run at once: past it, the
+        Dramatiq thread waits here, which stops this worker from fetching more.
+        """
+        loop_thread = get_event_loop_thread()
+        if loop_thread is None:
+            raise RuntimeError("async actors need the AsyncIO middleware's event loop")
+        self._async_slots.acquire()
+        with self._in_flight_lock:
+            self._in_flight.add(step.id)
+        future = asyncio.run_coroutine_threadsafe(
+            self._execute_async(registered, step), loop_thread.loop
+        )
+
+        def finished(done: concurrent.futures.Future[None]) -> None:
+            with self._in_flight_lock:
+                self._in_flight.discard(step.id)
+            self._async_slots.release()
+            if not done.cancelled() and done.exception() is not None:
+                _logger.error(
+                    "async step %s crashed outside its handler", step.id, exc_info=done.exception()
+                )
+
+        future.add_done_callback(finished)
+
+    async def _execute_async(self, registered: Actor[Any], step: ClaimedStep) -> None:
+        context = self._context(step)
+        limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
+        try:
+            try:
+                result = await asyncio.wait_for(
+                    registered.fn(_handler_argument(step), context), timeout=limit
+                )
+                emitted, fan_out = _emitted(registered, result)
+            except Wait as wait:
+                await asyncio.to_thread(
+                    park_step,
+                    self.store,
+                    step,
+                    self.owner,
+                    wait_name=wait.name,
+                    deadline=wait.deadline,
+                )
+                return
+            except TimeoutError:
+                publish = await asyncio.to_thread(
+                    self._fail, registered, step, TimeLimitExceeded(f"{limit:g}s")
+                )
+            except Exception as error:
+                publish = await asyncio.to_thread(self._fail, registered, step, error)
+            else:
+                publish = await asyncio.to_thread(self._commit, step, context, emitted, fan_out)
+        except LeaseLost as error:
+            _logger.warning("%s", error)
+            return
+        await asyncio.to_thread(self.publish, publish)
+
+    def drain(self, timeout: float) -> None:
+        """Wait for handed-off async steps to finish, up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._in_flight_lock:
+                if not self._in_flight:
+                    return
+            time.sleep(0.05)
 
     def _fail(
         self, registered: Actor[Any], step: ClaimedStep, error: BaseException
@@ -342,6 +436,13 @@ class Runtime:
         lost = renew_leases(self.store, self.owner, held, self.config.lease_seconds)
         for step_id in lost:
             _logger.warning("lease of step %s was lost; its result will be dropped", step_id)
+
+
+def _handler_argument(step: ClaimedStep) -> Any:
+    """The validated event, or for a join every event of the group."""
+    if step.join:
+        return [parse_event(e.type, e.data) for e in step.events]
+    return parse_event(step.event.type, step.event.data)
 
 
 # Mistakes in the handler's own declaration or return value: retrying cannot fix them.

@@ -48,6 +48,7 @@ class Worker:
 
     def start(self) -> None:
         self.runtime.broker.ping()
+        self.runtime.record_catalog()
         self.runtime.start_housekeeping()
         self._worker.start()
         if self.maintenance is not None:
@@ -57,6 +58,9 @@ class Worker:
     def stop(self, timeout_ms: int = 30_000) -> None:
         if self.maintenance is not None:
             self.maintenance.stop()
+        # Stop taking messages, let handed-off async steps commit, then stop the threads.
+        self._worker.pause()
+        self.runtime.drain(timeout_ms / 1000)
         self._worker.stop(timeout=timeout_ms)
         self.runtime.stop_housekeeping()
         _logger.info("worker %s stopped", self.runtime.owner)

@@ -1,0 +1,97 @@
+"""Running workers (and the rest of the stack) in the foreground until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+
+from baton._stack import Stack
+from workers import Worker
+
+_logger = logging.getLogger("baton")
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        _logger.info("received signal %d; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def run_worker_here(parts: Stack, threads: int) -> None:
+    """One worker process: this one. Returns after SIGTERM or Ctrl-C, once steps have drained."""
+    stop = _stop_on_signals()
+    worker = Worker(parts.runtime, threads=threads)
+    worker.start()
+    print(f"worker {parts.runtime.owner} running {threads} thread(s)", file=sys.stderr, flush=True)
+    stop.wait()
+    worker.stop()
+
+
+class Children:
+    """Child processes kept alive: one that exits unexpectedly is started again."""
+
+    def __init__(self, commands: list[list[str]]) -> None:
+        self.commands = commands
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        self.processes = [subprocess.Popen(command) for command in self.commands]
+
+    def supervise(self, stop: threading.Event) -> None:
+        while not stop.wait(0.5):
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None:
+                    _logger.warning("%s exited with %s; starting it again",
+                                    " ".join(self.commands[index]), process.returncode)
+                    self.processes[index] = subprocess.Popen(self.commands[index])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def baton_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "baton", *arguments]
+
+
+def run_worker_processes(modules: list[str], processes: int, threads: int) -> None:
+    stop = _stop_on_signals()
+    children = Children(
+        [baton_command("worker", "-p", "1", "-t", str(threads), *modules)
+         for _ in range(processes)]
+    )
+    children.start()
+    children.supervise(stop)
+    children.stop()
+
+
+def run_stack(parts: Stack, modules: list[str], *, processes: int, threads: int,
+              port: int) -> None:
+    """`baton up`: the embedded Valkey is already running; start workers in children."""
+    stop = _stop_on_signals()
+    commands = [baton_command("worker", "-p", "1", "-t", str(threads), *modules)
+                for _ in range(processes)]
+    children = Children(commands)
+    children.start()
+    print(f"baton is up: {processes} worker process(es); Ctrl-C stops it", file=sys.stderr,
+          flush=True)
+    children.supervise(stop)
+    children.stop()

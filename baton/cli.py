@@ -1,0 +1,367 @@
+"""The `baton` command. Exit codes: 0 ok, 1 failed or not found, 2 usage, 3 cannot reach Redis
+or the store. Logs go to stderr; results to stdout (``--json`` where a script reads)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import redis
+import typer
+from rich.console import Console
+
+from baton import _render
+from baton._stack import Stack, Unreachable
+from baton.settings import SettingsError, load_settings
+from events import BatonError, EventError, parse_event
+from store import (
+    InvalidState,
+    NotFound,
+    RunFilter,
+    StoreUnavailable,
+    cancel_run,
+    list_runs,
+    replay_failed_steps,
+    resolve_run_id,
+    run_detail,
+    run_status,
+    send_signal,
+)
+from workers import WorkerError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Durable, replayable, traceable LLM agents.",
+)
+runs_app = typer.Typer(no_args_is_help=True, help="Find and inspect runs.")
+db_app = typer.Typer(no_args_is_help=True, help="The store's schema.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=False)
+err = Console(stderr=True)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def main() -> None:
+    """Entry point of the `baton` console script."""
+    logging.basicConfig(
+        level=logging.INFO if "-v" in sys.argv else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app()
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn Baton's errors into one line on stderr and the exit code DESIGN.md gives them."""
+    try:
+        yield
+    except (SettingsError, EventError, WorkerError) as error:
+        fail(str(error), EXIT_USAGE)
+    except (Unreachable, StoreUnavailable) as error:
+        fail(str(error), EXIT_UNREACHABLE)
+    except redis.RedisError as error:
+        fail(f"cannot reach Redis: {error}; start it or fix BATON_REDIS_URL", EXIT_UNREACHABLE)
+    except (NotFound, InvalidState) as error:
+        fail(str(error), EXIT_FAILED)
+    except BatonError as error:
+        fail(str(error), EXIT_FAILED)
+
+
+def stack() -> Stack:
+    with clean_errors():
+        return Stack(load_settings())
+
+
+def parse_json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        fail(
+            f"{option} is not valid JSON ({error.msg} at character {error.pos}); pass an "
+            """object such as '{"n": 5}'""",
+            EXIT_USAGE,
+        )
+    if not isinstance(value, dict):
+        fail(
+            f"{option} must be a JSON object such as '{{\"n\": 5}}', got {type(value).__name__}",
+            EXIT_USAGE,
+        )
+    return value
+
+
+def parse_since(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from workers._durations import seconds
+
+    try:
+        return time.time() - seconds(text, what="--since")
+    except ValueError as error:
+        fail(str(error), EXIT_USAGE)
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    event_type: Annotated[str, typer.Argument(help="The trigger's event type, e.g. chain.start")],
+    data: Annotated[str, typer.Option(help="The event's fields as a JSON object.")] = "{}",
+    wait: Annotated[bool, typer.Option(help="Wait until the run finishes.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
+    module: Annotated[
+        list[str] | None, typer.Option("--module", "-m", help="Actor module to import.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a run with a trigger event."""
+    fields = parse_json_object(data, "--data")
+    parts = stack()
+    with clean_errors():
+        parts.check_reachable()
+        parts.load_modules(module or [], event_type=event_type)
+        event = parse_event(event_type, fields)
+        created = parts.runtime.start_run(event)
+        if not created.subscribed:
+            err.print(
+                f"[yellow]note:[/yellow] no actor subscribes to {event_type!r}; the run "
+                "has nothing to do"
+            )
+        if wait:
+            _wait_for(parts, created.run_id, timeout)
+        _print_run(parts, created.run_id, as_json, brief=not wait)
+        status = run_status(parts.store, created.run_id)
+    if wait and status != "succeeded":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _wait_for(parts: Stack, run_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with err.status(f"run {run_id} …", spinner="dots") if err.is_terminal else _nothing():
+        while time.monotonic() < deadline:
+            if run_status(parts.store, run_id) in ("succeeded", "failed", "canceled"):
+                return
+            time.sleep(0.05)
+    fail(
+        f"run {run_id} is still going after {timeout:g} s; follow it with "
+        f"`baton runs show {run_id}`",
+        EXIT_FAILED,
+    )
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _print_run(parts: Stack, run_id: str, as_json: bool, *, brief: bool = False) -> None:
+    detail = run_detail(parts.store, run_id)
+    if as_json:
+        out.print_json(_render.to_json(detail)) if out.is_terminal else print(
+            _render.to_json(detail)
+        )
+    elif brief:
+        out.print(f"run {run_id} {detail['run']['status']}")
+    else:
+        out.print(_render.run_view(detail))
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[
+        str | None, typer.Option(help="running, waiting, succeeded, failed, canceled")
+    ] = None,
+    agent: Annotated[str | None, typer.Option()] = None,
+    event_type: Annotated[str | None, typer.Option("--event-type")] = None,
+    since: Annotated[str | None, typer.Option(help="e.g. 1h, 30m, 2d")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    before: Annotated[str | None, typer.Option(help="Cursor: runs older than this id.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List runs, newest first."""
+    valid = ("running", "waiting", "succeeded", "failed", "canceled")
+    if status is not None and status not in valid:
+        fail(f"--status {status!r} is not a run status; use one of {', '.join(valid)}", EXIT_USAGE)
+    parts = stack()
+    with clean_errors():
+        found = list_runs(
+            parts.store,
+            RunFilter(
+                status=status,
+                agent=agent,
+                event_type=event_type,
+                since=parse_since(since),
+                before_id=before,
+                limit=limit,
+            ),
+        )
+    if as_json:
+        print(_render.to_json(found))
+    else:
+        out.print(_render.runs_table(found))
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show a run: status, events, steps with timings and attempts, memory."""
+    parts = stack()
+    with clean_errors():
+        _print_run(parts, resolve_run_id(parts.store, run_id), as_json)
+
+
+@runs_app.command("trace")
+def runs_trace(run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")]) -> None:
+    """Draw a run's step tree with durations, from the store."""
+    parts = stack()
+    with clean_errors():
+        out.print(_render.step_tree(run_detail(parts.store, resolve_run_id(parts.store, run_id))))
+
+
+@app.command()
+def replay(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    reason: Annotated[str, typer.Option(help="Why: kept with the run.")],
+    step: Annotated[str | None, typer.Option(help="Only this failed step.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the run finishes.")] = False,
+    timeout: Annotated[float, typer.Option()] = 300.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-run the failed steps of a failed run in place; succeeded steps are not re-run."""
+    _require_reason(reason)
+    parts = stack()
+    with clean_errors():
+        parts.check_reachable()
+        full_id = resolve_run_id(parts.store, run_id)
+        publish = replay_failed_steps(parts.store, full_id, step_id=step, reason=reason)
+        parts.runtime.publish(publish, confirm_now=True)
+        err.print(f"replaying {len(publish)} step(s) of run {full_id}")
+        if wait:
+            _wait_for(parts, full_id, timeout)
+        _print_run(parts, full_id, as_json, brief=not wait)
+        status = run_status(parts.store, full_id)
+    if wait and status != "succeeded":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    reason: Annotated[str, typer.Option(help="Why: kept with the run.")],
+) -> None:
+    """Cancel a live run: nothing pending runs; nothing in flight is committed after this."""
+    _require_reason(reason)
+    parts = stack()
+    with clean_errors():
+        full_id = resolve_run_id(parts.store, run_id)
+        cancel_run(parts.store, full_id, reason)
+    out.print(f"run {full_id} canceled")
+
+
+@app.command()
+def signal(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    name: Annotated[str, typer.Argument(help="The wait's name, e.g. approve.")],
+    data: Annotated[str, typer.Option(help="JSON object handed to the waiting step.")] = "{}",
+) -> None:
+    """Send a named signal to a waiting run."""
+    fields = parse_json_object(data, "--data")
+    parts = stack()
+    with clean_errors():
+        parts.check_reachable()
+        full_id = resolve_run_id(parts.store, run_id)
+        publish = send_signal(parts.store, full_id, name, fields)
+        parts.runtime.publish(publish, confirm_now=True)
+    out.print(f"signal {name!r} delivered to {len(publish)} waiting step(s) of run {full_id}")
+
+
+def _require_reason(reason: str) -> None:
+    if not reason.strip():
+        fail("--reason must say why, e.g. --reason 'fixed the API key'", EXIT_USAGE)
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the store's schema (idempotent)."""
+    parts = stack()
+    with clean_errors():
+        parts.upgrade_schema()
+    out.print(f"store at {parts.store.url} is up to date")
+
+
+@app.command()
+def worker(
+    modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64)] = 1,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = 8,
+) -> None:
+    """Run steps: Dramatiq worker processes times threads, plus the relay and reconciler."""
+    from baton._processes import run_worker_here, run_worker_processes
+
+    parts = stack()
+    with clean_errors():
+        loaded = parts.load_modules(modules or [])
+        if not loaded:
+            fail(
+                "no actor modules to run; name them (`baton worker examples.chain`) or set "
+                "BATON_MODULES",
+                EXIT_USAGE,
+            )
+        parts.check_reachable()
+        if processes == 1:
+            run_worker_here(parts, threads)
+        else:
+            run_worker_processes(loaded, processes, threads)
+
+
+@app.command()
+def up(
+    modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64)] = 1,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = 8,
+) -> None:
+    """Everything on one machine: Valkey, the store's schema, workers (and the gateway)."""
+    from baton._processes import run_stack
+
+    parts = stack()
+    with clean_errors():
+        parts.upgrade_schema()
+        loaded = parts.load_modules(modules or [])
+        parts.check_reachable()
+        err.print(f"Redis at {parts.redis_url}; store at {parts.store.url}")
+        run_stack(parts, loaded, processes=processes, threads=threads, port=port)
+
+
+@app.command()
+def demo() -> None:
+    """The main job end to end on the embedded defaults."""
+    from baton._demo import run_demo
+
+    parts = stack()
+    with clean_errors():
+        code = run_demo(parts, out, err)
+    raise typer.Exit(code)
