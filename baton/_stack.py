@@ -90,4 +90,10 @@ def runtime_config(settings: Settings) -> RuntimeConfig:
         republish_after_seconds=settings.republish_after_seconds,
         reconcile_interval_seconds=settings.reconcile_interval_seconds,
         worker_idle_timeout_ms=settings.worker_idle_timeout_ms,
+        model_base_url=settings.openai_base_url,
+        model_api_key=settings.openai_api_key.get_secret_value()
+        if settings.openai_api_key
+        else None,
+        model_timeout_seconds=settings.model_timeout_seconds,
+        model_prices=settings.model_prices,
     )

@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         examples=["http://127.0.0.1:11434/v1"],
     )
 
+    model_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="JSON prices per million tokens, added to or replacing the built-in table",
+        examples=['{"my-model": {"input": 0.5, "output": 1.5, "cached_input": 0.1}}'],
+    )
+    model_timeout_seconds: float = Field(
+        120.0, gt=0, description="how long one model request may take before it is retried"
+    )
+
     _split_lists = field_validator(
         "modules", "github_webhook_secrets", "standard_webhook_secrets", mode="before"
     )(_split_commas)

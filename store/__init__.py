@@ -1,7 +1,9 @@
 """The system of record: tables, engine, and the unit-of-work functions of the step protocol."""
 
+from store._effects import effects_of_run, record_effect
 from store._engine import Store
 from store._errors import InvalidState, LeaseLost, NotFound, StoreError, StoreUnavailable
+from store._ids import derive_id
 from store._maintenance import (
     Suspect,
     confirm_published,
@@ -53,6 +55,7 @@ __all__ = [
     "InvalidState",
     "LeaseLost",
     "upgrade",
+    "derive_id",
     # records
     "Route",
     "Router",
@@ -85,6 +88,9 @@ __all__ = [
     "suspects",
     "mark_seen",
     "record_dead_letter",
+    # effects on the outside world
+    "effects_of_run",
+    "record_effect",
     # reads for operators
     "RunFilter",
     "list_runs",

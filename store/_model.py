@@ -74,6 +74,8 @@ class ClaimedStep:
     actor: str
     attempt: int
     attempts_left: int
+    # Attempts made before the last in-place replay (0 if never replayed).
+    attempt_base: int
     traceparent: str
     trace_id: str
     event: StoredEvent

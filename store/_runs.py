@@ -176,6 +176,12 @@ def _resolve_waits(
             .where(waits.c.id == wait.id)
             .values(state=state, data=data, resolved_at=now)
         )
+        # A step waiting for any of several signals (approve or reject) takes the first.
+        connection.execute(
+            update(waits)
+            .where(waits.c.step_id == wait.step_id, waits.c.state == "open")
+            .values(state="superseded", resolved_at=now)
+        )
         step = connection.execute(
             select(steps.c.actor, steps.c.queue, steps.c.traceparent).where(
                 steps.c.id == wait.step_id

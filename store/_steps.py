@@ -127,6 +127,7 @@ def claim_step(
                 actor=row.actor,
                 attempt=attempt,
                 attempts_left=row.max_retries - (attempt - 1 - row.attempt_base),
+                attempt_base=row.attempt_base,
                 traceparent=row.traceparent,
                 trace_id=run.trace_id,
                 event=event,
@@ -251,11 +252,11 @@ def park_step(
     step: ClaimedStep,
     owner: str,
     *,
-    wait_name: str,
+    wait_names: Sequence[str],
     deadline: float | None,
     now: float | None = None,
 ) -> None:
-    """Park a step until the named signal arrives or its deadline passes."""
+    """Park a step until one of the named signals arrives or its deadline passes."""
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, step.run_id)
@@ -269,14 +270,15 @@ def park_step(
             insert_on_conflict_ignore(connection, waits),
             [
                 {
-                    "id": _ids.wait_id(step.id, wait_name),
+                    "id": _ids.wait_id(step.id, name),
                     "run_id": step.run_id,
                     "step_id": step.id,
-                    "name": wait_name,
+                    "name": name,
                     "state": "open",
                     "deadline": deadline,
                     "created_at": now,
                 }
+                for name in wait_names
             ],
         )
         settle_run(connection, step.run_id, run.status, now)

@@ -25,6 +25,13 @@ class RunBase(SQLModel):
     created_at: float
     updated_at: float
     finished_at: float | None = None
+    # Committed usage totals, read before every model call to enforce budgets in O(1).
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class Run(RunBase, table=True):
@@ -212,3 +219,134 @@ class ActorRecord(SQLModel, table=True):
 
 
 actor_catalog = ActorRecord.__table__  # type: ignore[attr-defined]
+
+
+class AgentLoop(SQLModel, table=True):
+    """One agent's loop inside a run: its totals and, once finished, its output."""
+
+    __tablename__ = "agent_loops"
+    __table_args__ = (Index("ix_agent_loops_run", "run_id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(max_length=40)
+    agent: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    parent_loop_id: str | None = Field(default=None, max_length=40)
+    parent_call_id: str | None = Field(default=None, max_length=100)
+    status: str = Field(max_length=16)
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    output: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: float
+    finished_at: float | None = None
+
+
+class Message(SQLModel, table=True):
+    """The conversation: one row per message, appended at a known position, never rewritten."""
+
+    __tablename__ = "conversation"
+    __table_args__ = (UniqueConstraint("loop_id", "seq", name="uq_conversation_loop_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    loop_id: str = Field(max_length=40)
+    seq: int
+    run_id: str = Field(max_length=40)
+    role: str = Field(max_length=16)
+    content: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    tool_calls: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    tool_call_id: str | None = Field(default=None, max_length=100)
+    name: str | None = Field(default=None, max_length=200)
+    step_id: str | None = Field(default=None, max_length=40)
+    created_at: float
+
+
+class ModelCall(SQLModel, table=True):
+    """A model response, recorded with the step that asked for it: replay reuses it."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (Index("ix_model_calls_run", "run_id", "created_at"),)
+
+    step_id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(max_length=40)
+    loop_id: str = Field(max_length=40)
+    agent: str = Field(max_length=200)
+    model: str = Field(max_length=200)
+    request_hash: str = Field(max_length=64)
+    request: Any = Field(sa_column=Column(JSON, nullable=False))
+    response: Any = Field(sa_column=Column(JSON, nullable=False))
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    attempt: int = 1
+    committed: bool = False
+    created_at: float
+
+
+class ToolCall(SQLModel, table=True):
+    """A tool call: the intent is written before calling out, the result with the step."""
+
+    __tablename__ = "tool_calls"
+    __table_args__ = (Index("ix_tool_calls_run", "run_id", "created_at"),)
+
+    step_id: str = Field(primary_key=True, max_length=40)
+    run_id: str = Field(max_length=40)
+    loop_id: str = Field(max_length=40)
+    call_id: str = Field(max_length=100)
+    tool: str = Field(max_length=200)
+    arguments: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    state: str = Field(max_length=16)  # intent | done
+    attempt: int = 1
+    result: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: float
+    finished_at: float | None = None
+
+
+class AgentFact(SQLModel, table=True):
+    """Long-term memory of an agent across runs (remember / recall)."""
+
+    __tablename__ = "agent_memory"
+
+    agent: str = Field(primary_key=True, max_length=200)
+    key: str = Field(primary_key=True, max_length=200)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float
+
+
+class Document(SQLModel, table=True):
+    """A document loaded by `baton docs add`, searched by the search_documents tool."""
+
+    __tablename__ = "documents"
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(max_length=500, unique=True)
+    title: str = Field(max_length=500)
+    content: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float
+
+
+class Effect(SQLModel, table=True):
+    """An outside effect keyed by idempotency key (the demo's stand-in for GitHub's API)."""
+
+    __tablename__ = "effects"
+    __table_args__ = (Index("ix_effects_run", "run_id"),)
+
+    idempotency_key: str = Field(primary_key=True, max_length=100)
+    run_id: str | None = Field(default=None, max_length=40)
+    kind: str = Field(max_length=100)
+    target: str = Field(max_length=300)
+    payload: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: float
+
+
+agent_loops = AgentLoop.__table__  # type: ignore[attr-defined]
+conversation = Message.__table__  # type: ignore[attr-defined]
+model_calls = ModelCall.__table__  # type: ignore[attr-defined]
+tool_calls = ToolCall.__table__  # type: ignore[attr-defined]
+agent_memory = AgentFact.__table__  # type: ignore[attr-defined]
+documents = Document.__table__  # type: ignore[attr-defined]
+effects = Effect.__table__  # type: ignore[attr-defined]

@@ -6,11 +6,14 @@ from workers._errors import ActorError, Wait, WaitTimeout, WorkerError
 from workers._maintenance import Maintenance
 from workers._runtime import Runtime, RuntimeConfig
 from workers._worker import Worker, import_modules
+from workers.agents import Agent, AgentFinished, tool
 
 __all__ = [
     # declaring actors
     "Actor",
     "ActorError",
+    "Agent",
+    "AgentFinished",
     "Context",
     "Memory",
     "Wait",
@@ -18,6 +21,7 @@ __all__ = [
     "actor",
     "registered_actors",
     "subscribers",
+    "tool",
     # running them
     "Maintenance",
     "Runtime",

@@ -80,6 +80,7 @@ class Context:
         step_id: str,
         actor: str,
         attempt: int,
+        attempt_base: int = 0,
         traceparent: str,
         trace_id: str,
     ) -> None:
@@ -91,6 +92,9 @@ class Context:
         self.trace_id = trace_id
         # Stable across retries and in-place replays: the step's own id.
         self.idempotency_key = step_id
+        self.attempt_base = attempt_base
+        # Set while a tool runs on behalf of an agent (for its long-term memory).
+        self.agent_name: str | None = None
         self.memory = Memory(runtime.store, run_id)
         self.logger = logging.LoggerAdapter(
             _logger, {"run_id": run_id, "step_id": step_id, "actor": actor}
@@ -112,13 +116,24 @@ class Context:
         The handler runs again from the top when the signal (or the timeout) comes, so the
         work before ``wait_for`` must be safe to repeat. Raises WaitTimeout after ``timeout``.
         """
-        wait = read_wait(self._runtime.store, self.step_id, name)
-        if wait is None or wait.state == "open":
-            deadline = None if timeout is None else time.time() + seconds(timeout, what="timeout")
-            raise Wait(name, deadline)
-        if wait.state == "timed_out":
-            raise WaitTimeout(f"no signal {name!r} reached run {self.run_id} before the timeout")
-        return dict(wait.data or {})
+        return self.wait_for_any((name,), timeout=timeout)[1]
+
+    def wait_for_any(
+        self, names: tuple[str, ...], *, timeout: float | str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """(name, data) of the first of ``names`` signalled to this run; parks until then."""
+        timed_out = False
+        for name in names:
+            wait = read_wait(self._runtime.store, self.step_id, name)
+            if wait is not None and wait.state == "satisfied":
+                return name, dict(wait.data or {})
+            timed_out = timed_out or (wait is not None and wait.state == "timed_out")
+        if timed_out:
+            raise WaitTimeout(
+                f"no signal {' or '.join(names)} reached run {self.run_id} before the timeout"
+            )
+        deadline = None if timeout is None else time.time() + seconds(timeout, what="timeout")
+        raise Wait(tuple(names), deadline)
 
     def sleep(self, duration: float | str, *, name: str = "sleep") -> None:
         """A durable timer: parks the step for ``duration``; survives worker restarts."""

@@ -14,11 +14,11 @@ class WorkerError(BatonError):
 
 
 class Wait(Exception):
-    """Raised by ``ctx.wait_for``: park this step until the named signal or the deadline."""
+    """Raised by ``ctx.wait_for``: park this step until a named signal or the deadline."""
 
-    def __init__(self, name: str, deadline: float | None) -> None:
-        super().__init__(name)
-        self.name = name
+    def __init__(self, names: tuple[str, ...], deadline: float | None) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
         self.deadline = deadline
 
 

@@ -16,8 +16,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
@@ -68,6 +68,12 @@ class RuntimeConfig:
     worker_idle_timeout_ms: int = 100
     # Async steps (model calls) in flight per process: they wait on the network, not a thread.
     max_async_steps: int = 1000
+    # The model endpoint (OpenAI-compatible) and what its tokens cost.
+    model_base_url: str | None = None
+    model_api_key: str | None = None
+    model_timeout_seconds: float = 120.0
+    model_max_retries: int = 3
+    model_prices: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Runtime:
@@ -252,7 +258,7 @@ class Runtime:
             result = registered.fn(_handler_argument(step), context)
             emitted, fan_out = _emitted(registered, result)
         except Wait as wait:
-            park_step(self.store, step, self.owner, wait_name=wait.name, deadline=wait.deadline)
+            park_step(self.store, step, self.owner, wait_names=wait.names, deadline=wait.deadline)
             return []
         except (Exception, TimeLimitExceeded) as error:
             return self._fail(registered, step, error)
@@ -265,6 +271,7 @@ class Runtime:
             step_id=step.id,
             actor=step.actor,
             attempt=step.attempt,
+            attempt_base=step.attempt_base,
             traceparent=step.traceparent,
             trace_id=step.trace_id,
         )
@@ -329,7 +336,7 @@ class Runtime:
                     self.store,
                     step,
                     self.owner,
-                    wait_name=wait.name,
+                    wait_names=wait.names,
                     deadline=wait.deadline,
                 )
                 return

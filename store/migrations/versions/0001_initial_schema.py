@@ -32,6 +32,51 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
+        "agent_loops",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("agent", sa.String(length=200), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("parent_loop_id", sa.String(length=40), nullable=True),
+        sa.Column("parent_call_id", sa.String(length=100), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("model_calls", sa.Integer(), nullable=False),
+        sa.Column("input_tokens", sa.Integer(), nullable=False),
+        sa.Column("output_tokens", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.Column("output", sa.JSON(), nullable=True),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("finished_at", sa.Float(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("agent_loops", schema=None) as batch_op:
+        batch_op.create_index("ix_agent_loops_run", ["run_id"], unique=False)
+
+    op.create_table(
+        "agent_memory",
+        sa.Column("agent", sa.String(length=200), nullable=False),
+        sa.Column("key", sa.String(length=200), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("agent", "key"),
+    )
+    op.create_table(
+        "conversation",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("loop_id", sa.String(length=40), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("content", sa.JSON(), nullable=True),
+        sa.Column("tool_calls", sa.JSON(), nullable=True),
+        sa.Column("tool_call_id", sa.String(length=100), nullable=True),
+        sa.Column("name", sa.String(length=200), nullable=True),
+        sa.Column("step_id", sa.String(length=40), nullable=True),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("loop_id", "seq", name="uq_conversation_loop_seq"),
+    )
+    op.create_table(
         "dead_letters",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("queue", sa.String(length=100), nullable=False),
@@ -56,6 +101,29 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("source", "delivery_id"),
     )
+    op.create_table(
+        "documents",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("title", sa.String(length=500), nullable=False),
+        sa.Column("content", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("path"),
+    )
+    op.create_table(
+        "effects",
+        sa.Column("idempotency_key", sa.String(length=100), nullable=False),
+        sa.Column("run_id", sa.String(length=40), nullable=True),
+        sa.Column("kind", sa.String(length=100), nullable=False),
+        sa.Column("target", sa.String(length=300), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=True),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("idempotency_key"),
+    )
+    with op.batch_alter_table("effects", schema=None) as batch_op:
+        batch_op.create_index("ix_effects_run", ["run_id"], unique=False)
+
     op.create_table(
         "events",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -93,6 +161,30 @@ def upgrade() -> None:
         batch_op.create_index("ix_memory_run_key_id", ["run_id", "key", "id"], unique=False)
 
     op.create_table(
+        "model_calls",
+        sa.Column("step_id", sa.String(length=40), nullable=False),
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("loop_id", sa.String(length=40), nullable=False),
+        sa.Column("agent", sa.String(length=200), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("request_hash", sa.String(length=64), nullable=False),
+        sa.Column("request", sa.JSON(), nullable=False),
+        sa.Column("response", sa.JSON(), nullable=False),
+        sa.Column("input_tokens", sa.Integer(), nullable=False),
+        sa.Column("output_tokens", sa.Integer(), nullable=False),
+        sa.Column("cached_tokens", sa.Integer(), nullable=False),
+        sa.Column("reasoning_tokens", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.Column("latency_ms", sa.Float(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("committed", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("step_id"),
+    )
+    with op.batch_alter_table("model_calls", schema=None) as batch_op:
+        batch_op.create_index("ix_model_calls_run", ["run_id", "created_at"], unique=False)
+
+    op.create_table(
         "outbox",
         sa.Column("message_id", sa.String(length=40), nullable=False),
         sa.Column("step_id", sa.String(length=40), nullable=False),
@@ -122,6 +214,12 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.Column("finished_at", sa.Float(), nullable=True),
+        sa.Column("model_calls", sa.Integer(), nullable=False),
+        sa.Column("input_tokens", sa.Integer(), nullable=False),
+        sa.Column("output_tokens", sa.Integer(), nullable=False),
+        sa.Column("cached_tokens", sa.Integer(), nullable=False),
+        sa.Column("reasoning_tokens", sa.Integer(), nullable=False),
+        sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("dedupe_key", name="uq_runs_dedupe_key"),
     )
@@ -175,6 +273,24 @@ def upgrade() -> None:
         batch_op.create_index("ix_steps_state_lease", ["state", "lease_expires_at"], unique=False)
 
     op.create_table(
+        "tool_calls",
+        sa.Column("step_id", sa.String(length=40), nullable=False),
+        sa.Column("run_id", sa.String(length=40), nullable=False),
+        sa.Column("loop_id", sa.String(length=40), nullable=False),
+        sa.Column("call_id", sa.String(length=100), nullable=False),
+        sa.Column("tool", sa.String(length=200), nullable=False),
+        sa.Column("arguments", sa.JSON(), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("result", sa.JSON(), nullable=True),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("finished_at", sa.Float(), nullable=True),
+        sa.PrimaryKeyConstraint("step_id"),
+    )
+    with op.batch_alter_table("tool_calls", schema=None) as batch_op:
+        batch_op.create_index("ix_tool_calls_run", ["run_id", "created_at"], unique=False)
+
+    op.create_table(
         "waits",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("run_id", sa.String(length=40), nullable=False),
@@ -202,6 +318,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_waits_run_state")
 
     op.drop_table("waits")
+    with op.batch_alter_table("tool_calls", schema=None) as batch_op:
+        batch_op.drop_index("ix_tool_calls_run")
+
+    op.drop_table("tool_calls")
     with op.batch_alter_table("steps", schema=None) as batch_op:
         batch_op.drop_index("ix_steps_state_lease")
         batch_op.drop_index("ix_steps_state_available")
@@ -219,6 +339,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_outbox_created")
 
     op.drop_table("outbox")
+    with op.batch_alter_table("model_calls", schema=None) as batch_op:
+        batch_op.drop_index("ix_model_calls_run")
+
+    op.drop_table("model_calls")
     with op.batch_alter_table("memory", schema=None) as batch_op:
         batch_op.drop_index("ix_memory_run_key_id")
 
@@ -229,10 +353,21 @@ def downgrade() -> None:
         batch_op.drop_index("ix_events_cause")
 
     op.drop_table("events")
+    with op.batch_alter_table("effects", schema=None) as batch_op:
+        batch_op.drop_index("ix_effects_run")
+
+    op.drop_table("effects")
+    op.drop_table("documents")
     op.drop_table("deliveries")
     with op.batch_alter_table("dead_letters", schema=None) as batch_op:
         batch_op.drop_index("ix_dead_letters_created")
 
     op.drop_table("dead_letters")
+    op.drop_table("conversation")
+    op.drop_table("agent_memory")
+    with op.batch_alter_table("agent_loops", schema=None) as batch_op:
+        batch_op.drop_index("ix_agent_loops_run")
+
+    op.drop_table("agent_loops")
     op.drop_table("actor_catalog")
     # ### end Alembic commands ###

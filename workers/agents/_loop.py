@@ -1,0 +1,362 @@
+"""The agent loop as actors: every model call and every tool call is a durable step.
+
+    agent.model_call ──(tool calls, fanned out)──► agent.tool_call x N ──► agent.tool_result
+          ▲                                                                     │ (join)
+          └──────────────────────── agent.tools_joined ◄────────────────────────┘
+    agent.model_call ──(final answer)──► agent.finished   (or the parent agent's tool_result)
+
+Model and tool calls are async: they wait on the network on the worker's event loop, not in
+a thread, so one process keeps hundreds in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from events import describe_validation
+from store._agents import (
+    append_messages,
+    count_usage,
+    finish_loop,
+    read_window,
+    record_response,
+    record_tool_result,
+    recorded_response,
+    run_totals,
+    tool_intent,
+)
+from workers._actor import actor
+from workers._context import Context
+from workers.agents._agent import HEAD_MESSAGES, Agent, agent_named
+from workers.agents._events import (
+    AgentFinished,
+    ModelCallRequested,
+    ParentCall,
+    ToolCallFinished,
+    ToolCallRequested,
+)
+from workers.agents._model import (
+    BudgetExceeded,
+    ModelRefused,
+    OutputInvalid,
+    assistant_message,
+    client_for,
+    complete,
+    prices_with,
+    request_hash,
+    usage_of,
+)
+from workers.agents._pricing import price_of
+from workers.agents._tool import Tool, ToolArgumentsInvalid
+
+
+class OutcomeUnknown(Exception):
+    """A non-idempotent tool may have run in an attempt that died: an operator decides."""
+
+
+@actor(
+    on=ModelCallRequested,
+    name="baton.agent.model_call",
+    retries=3,
+    timeout="10m",
+    throws=(ModelRefused, BudgetExceeded, OutputInvalid),
+)
+async def model_call(event: ModelCallRequested, ctx: Context) -> Any:
+    agent = agent_named(event.agent)
+    runtime = ctx._runtime
+    config = runtime.config
+    prices = prices_with(config.model_prices)
+    messages = await asyncio.to_thread(
+        read_window,
+        runtime.store,
+        event.loop_id,
+        next_seq=event.seq,
+        head=HEAD_MESSAGES,
+        window=agent.context_window,
+    )
+    request = agent.request(messages)
+    await asyncio.to_thread(_check_budget, agent, ctx, event, request, prices)
+    digest = request_hash(request)
+    response = await asyncio.to_thread(recorded_response, runtime.store, ctx.step_id, digest)
+    if response is None:
+        client = client_for(
+            agent.base_url or config.model_base_url,
+            agent.api_key or config.model_api_key,
+            timeout=config.model_timeout_seconds,
+            max_retries=config.model_max_retries,
+        )
+        started = time.perf_counter()
+        response = await complete(client, request)
+        usage = usage_of(response, prices)
+        await asyncio.to_thread(
+            record_response,
+            runtime.store,
+            step_id=ctx.step_id,
+            run_id=ctx.run_id,
+            loop_id=event.loop_id,
+            agent=agent.name,
+            model=agent.model,
+            request_hash=digest,
+            request=request,
+            response=response,
+            usage=usage,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempt=ctx.attempt,
+        )
+    usage = usage_of(response, prices)
+    reply = assistant_message(response)
+    ctx.defer_write(
+        lambda c: append_messages(
+            c,
+            loop_id=event.loop_id,
+            run_id=ctx.run_id,
+            step_id=ctx.step_id,
+            start_seq=event.seq,
+            messages=[reply],
+        )
+    )
+    ctx.defer_write(
+        lambda c: count_usage(
+            c, run_id=ctx.run_id, loop_id=event.loop_id, step_id=ctx.step_id, usage=usage
+        )
+    )
+    calls = reply.get("tool_calls") or []
+    if calls:
+        return [
+            ToolCallRequested(
+                agent=agent.name,
+                loop_id=event.loop_id,
+                call_id=call["id"],
+                name=call["function"]["name"],
+                arguments=call["function"]["arguments"],
+                index=index,
+                count=len(calls),
+                seq=event.seq + 1,
+                parent=event.parent,
+            )
+            for index, call in enumerate(calls)
+        ]
+    return _final(agent, event, ctx, reply.get("content") or "")
+
+
+def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) -> Any:
+    output: Any = content
+    if agent.output is not None:
+        try:
+            output = agent.output.model_validate_json(content).model_dump(mode="json")
+        except ValidationError as error:
+            problem = describe_validation(error)
+            if event.repair:
+                raise OutputInvalid(
+                    f"agent {agent.name!r} answered twice with output that does not fit "
+                    f"{agent.output.__name__}: {problem}"
+                ) from None
+            # Tell the model once what was wrong, as the next user message, and ask again.
+            correction = {
+                "role": "user",
+                "content": (
+                    f"Your answer does not match the required {agent.output.__name__} schema: "
+                    f"{problem}. Answer again with only a JSON object that matches it."
+                ),
+            }
+            ctx.defer_write(
+                lambda c: append_messages(
+                    c,
+                    loop_id=event.loop_id,
+                    run_id=ctx.run_id,
+                    step_id=ctx.step_id,
+                    start_seq=event.seq + 1,
+                    messages=[correction],
+                )
+            )
+            return ModelCallRequested(
+                agent=agent.name,
+                loop_id=event.loop_id,
+                seq=event.seq + 2,
+                repair=True,
+                parent=event.parent,
+            )
+    ctx.defer_write(lambda c: finish_loop(c, event.loop_id, output))
+    parent = event.parent
+    if parent is not None:
+        return ToolCallFinished(
+            agent=parent.agent,
+            loop_id=parent.loop_id,
+            call_id=parent.call_id,
+            name=parent.name,
+            content=output if isinstance(output, str) else json.dumps(output),
+            index=parent.index,
+            count=parent.count,
+            seq=parent.seq,
+            parent=parent.parent,
+        )
+    return AgentFinished(agent=agent.name, loop_id=event.loop_id, output=output)
+
+
+def _check_budget(
+    agent: Agent, ctx: Context, event: ModelCallRequested, request: dict[str, Any], prices: Any
+) -> None:
+    """Stop before a model call that the policy does not allow, with the figures."""
+    policy = agent.policy
+    totals = run_totals(ctx._runtime.store, ctx.run_id, event.loop_id)
+    spent = (
+        f"so far {totals.model_calls} model call(s), {totals.input_tokens:,} input + "
+        f"{totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
+    )
+    if totals.loop_model_calls >= policy.max_steps:
+        raise BudgetExceeded(
+            f"budget exceeded: agent {agent.name!r} reached max_steps={policy.max_steps}; {spent}"
+        )
+    # A conservative estimate of the next request's input: four characters a token.
+    estimated = len(json.dumps(request["messages"])) // 4
+    used = totals.input_tokens + totals.output_tokens
+    if policy.max_tokens is not None and used + estimated > policy.max_tokens:
+        raise BudgetExceeded(
+            f"budget exceeded: the next call (~{estimated:,} tokens) would pass "
+            f"max_tokens={policy.max_tokens:,}; {spent}"
+        )
+    if policy.max_cost_usd is not None:
+        price = price_of(agent.model, prices)
+        if price is None:
+            raise BudgetExceeded(
+                f"agent {agent.name!r} has max_cost_usd but model {agent.model!r} has no price; "
+                "add it to BATON_MODEL_PRICES"
+            )
+        next_cost = estimated * price.input / 1_000_000
+        if totals.cost_usd + next_cost > policy.max_cost_usd:
+            raise BudgetExceeded(
+                f"budget exceeded: the next call (~${next_cost:.4f}) would pass "
+                f"max_cost_usd=${policy.max_cost_usd:.2f}; {spent}"
+            )
+
+
+@actor(
+    on=ToolCallRequested,
+    name="baton.agent.tool_call",
+    retries=3,
+    timeout="10m",
+    throws=(OutcomeUnknown,),
+)
+async def tool_call(event: ToolCallRequested, ctx: Context) -> Any:
+    agent = agent_named(event.agent)
+    target = agent.tool_named(event.name)
+    if target is None:
+        known = ", ".join(t.name for t in agent.tools) or "none"
+        return _answer(event, f"error: there is no tool {event.name!r}; available: {known}")
+    if isinstance(target, Agent):
+        return _hand_off(target, event, ctx)
+    try:
+        arguments = target.validate(event.arguments)
+    except ToolArgumentsInvalid as error:
+        return _answer(event, f"error: invalid arguments for {event.name}: {error}")
+    if target.approval:
+        decision, data = ctx.wait_for_any(("approve", "reject"))
+        if decision == "reject":
+            reason = data.get("reason") or "no reason given"
+            return _answer(event, f"rejected by an operator: {reason}")
+    content = await _call_once(target, arguments, event, ctx)
+    return _answer(event, content)
+
+
+async def _call_once(
+    target: Tool, arguments: dict[str, Any], event: ToolCallRequested, ctx: Context
+) -> str:
+    """Call a tool with its intent recorded first (DESIGN.md invariant 6)."""
+    earlier = await asyncio.to_thread(
+        tool_intent,
+        ctx._runtime.store,
+        step_id=ctx.step_id,
+        run_id=ctx.run_id,
+        loop_id=event.loop_id,
+        call_id=event.call_id,
+        tool=target.name,
+        arguments=json.loads(event.arguments or "{}"),
+        attempt=ctx.attempt,
+    )
+    replayed = earlier is not None and earlier.attempt <= ctx.attempt_base
+    if earlier is not None and earlier.state == "intent" and not target.idempotent and not replayed:
+        raise OutcomeUnknown(
+            f"tool {target.name!r} is not idempotent and an earlier attempt may have called it "
+            f"(attempt {earlier.attempt} died without a result). Check the outside world, then "
+            f"`baton replay {ctx.run_id} --step {ctx.step_id} --reason ...` to call it again"
+        )
+    ctx.agent_name = event.agent
+    try:
+        result = await target.invoke(arguments, ctx)
+    except Exception as error:
+        # The model gets the failure as the tool's answer and may try something else.
+        result = f"error: {type(error).__name__}: {error}"
+    content = _render(result)
+    ctx.defer_write(lambda c: record_tool_result(c, ctx.step_id, content))
+    return content
+
+
+def _render(result: Any) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, BaseModel):
+        return result.model_dump_json()
+    return json.dumps(result, default=str)
+
+
+def _answer(event: ToolCallRequested, content: str) -> ToolCallFinished:
+    return ToolCallFinished(
+        agent=event.agent,
+        loop_id=event.loop_id,
+        call_id=event.call_id,
+        name=event.name,
+        content=content,
+        index=event.index,
+        count=event.count,
+        seq=event.seq,
+        parent=event.parent,
+    )
+
+
+def _hand_off(target: Agent, event: ToolCallRequested, ctx: Context) -> ModelCallRequested:
+    """Another agent as a tool: its loop runs in this run; its output is this call's answer."""
+    try:
+        request = json.loads(event.arguments or "{}")
+    except json.JSONDecodeError:
+        request = {}
+    text = request.get("input") if isinstance(request, dict) else None
+    parent = ParentCall(
+        agent=event.agent,
+        loop_id=event.loop_id,
+        call_id=event.call_id,
+        name=event.name,
+        index=event.index,
+        count=event.count,
+        seq=event.seq,
+        parent=event.parent,
+    )
+    return target.begin(ctx, str(text or event.arguments), parent=parent)
+
+
+@actor(on=ToolCallFinished, name="baton.agent.tools_joined", join=True, retries=3)
+def tools_joined(results: list[ToolCallFinished], ctx: Context) -> ModelCallRequested:
+    """Every tool call of one model response has answered: hand the answers to the model."""
+    ordered = sorted(results, key=lambda r: r.index)
+    first = ordered[0]
+    messages = [
+        {"role": "tool", "tool_call_id": r.call_id, "name": r.name, "content": r.content}
+        for r in ordered
+    ]
+    ctx.defer_write(
+        lambda c: append_messages(
+            c,
+            loop_id=first.loop_id,
+            run_id=ctx.run_id,
+            step_id=ctx.step_id,
+            start_seq=first.seq,
+            messages=messages,
+        )
+    )
+    return ModelCallRequested(
+        agent=first.agent, loop_id=first.loop_id, seq=first.seq + len(ordered), parent=first.parent
+    )

@@ -1,0 +1,132 @@
+"""Talking to the model: the real ``openai`` client, its retries, and what a response costs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import openai
+
+from events import BatonError
+from store._agents import Usage
+from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
+
+# Errors a retry cannot fix: the request itself is refused.
+_PERMANENT_STATUS = {400, 401, 403, 404, 409, 422}
+
+_clients: dict[tuple[Any, ...], openai.AsyncOpenAI] = {}
+
+
+class ModelRefused(BatonError):
+    """The provider refused the request (bad request, auth, unknown model): not retried."""
+
+
+class BudgetExceeded(BatonError):
+    """The next model call would pass the agent's max_steps, max_tokens or max_cost_usd."""
+
+
+class OutputInvalid(BatonError):
+    """The model's final answer does not match the agent's output model, even after repair."""
+
+
+def client_for(
+    base_url: str | None, api_key: str | None, *, timeout: float, max_retries: int
+) -> openai.AsyncOpenAI:
+    """One client per endpoint and event loop: connections are pooled across model calls.
+
+    The client's own retries handle 429 (honouring Retry-After), 5xx, timeouts and dropped
+    connections with exponential backoff.
+    """
+    loop = asyncio.get_running_loop()
+    key = (base_url, api_key, timeout, max_retries, id(loop))
+    client = _clients.get(key)
+    if client is None:
+        client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or "none",
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        _clients[key] = client
+    return client
+
+
+async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> dict[str, Any]:
+    """One chat completion as plain JSON; ModelRefused for errors a retry cannot fix."""
+    try:
+        response = await client.chat.completions.create(**request)
+    except openai.APIStatusError as error:
+        if error.status_code in _PERMANENT_STATUS:
+            raise ModelRefused(
+                f"model {request['model']!r} refused the request ({error.status_code}): "
+                f"{_provider_message(error)}"
+            ) from None
+        raise
+    return response.model_dump(mode="json", exclude_unset=True)
+
+
+def _provider_message(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return error.message
+
+
+def request_hash(request: Mapping[str, Any]) -> str:
+    """Identifies a request by content: same hash, same question."""
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def usage_of(response: Mapping[str, Any], prices: Mapping[str, Price]) -> Usage:
+    usage = response.get("usage") or {}
+    input_tokens = int(usage.get("prompt_tokens") or 0)
+    output_tokens = int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    model = str(response.get("model") or "")
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached,
+        reasoning_tokens=reasoning,
+        cost_usd=cost_usd(
+            model,
+            prices,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached,
+        ),
+    )
+
+
+def prices_with(overrides: Mapping[str, Any]) -> dict[str, Price]:
+    """The default price table with the deployment's overrides (USD per million tokens)."""
+    prices = dict(DEFAULT_PRICES)
+    for model, price in overrides.items():
+        prices[model] = price if isinstance(price, Price) else Price(**price)
+    return prices
+
+
+def assistant_message(response: Mapping[str, Any]) -> dict[str, Any]:
+    """The response's message as it goes back into the conversation."""
+    message = response["choices"][0]["message"]
+    kept: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        kept["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {
+                    "name": call["function"]["name"],
+                    "arguments": call["function"].get("arguments") or "{}",
+                },
+            }
+            for call in message["tool_calls"]
+        ]
+    return kept
