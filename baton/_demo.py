@@ -1,39 +1,132 @@
-"""`baton demo`: the main job, end to end, on the embedded defaults."""
+"""`baton demo`: the issue-triage agent end to end on the embedded defaults.
+
+Valkey (embedded), SQLite, a worker in this process and, with no OPENAI_API_KEY, Baton's
+offline model over real HTTP. With a key, the same agent talks to the real model unchanged.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
 
 from baton import _render
 from baton._stack import Stack
-from store import run_detail, run_status
+from events import parse_event
+from store import (
+    conversation_of,
+    effects_of_run,
+    run_detail,
+    run_status,
+    tool_calls_of,
+)
+from store._search import add_document
 from workers import Worker, import_modules
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PAYLOAD = EXAMPLES / "payloads" / "github.issues.opened.json"
+DOCUMENTS = [Path(__file__).resolve().parent.parent / "README.md"]
 
 
 def run_demo(parts: Stack, out: Console, err: Console) -> int:
-    """Start the chain example on a worker in this process, wait, print the step tree."""
     started = time.monotonic()
     parts.upgrade_schema()
-    import_modules(["examples.chain"])
-    from examples.chain import Start
-
-    parts.check_reachable()
-    worker = Worker(parts.runtime, threads=4)
-    worker.start()
-    try:
-        created = parts.runtime.start_run(Start(n=5))
-        err.print(f"started run {created.run_id} (chain.start n=5)")
-        deadline = time.monotonic() + 60
-        while run_status(parts.store, created.run_id) not in ("succeeded", "failed", "canceled"):
-            if time.monotonic() > deadline:
-                err.print("[red]the run did not finish within 60 s[/red]")
-                return 1
-            time.sleep(0.02)
-    finally:
-        worker.stop()
-    out.print(_render.run_view(run_detail(parts.store, created.run_id)))
-    status = run_status(parts.store, created.run_id)
+    import_modules(["examples.triage"])
+    for document in DOCUMENTS:
+        if document.exists():
+            add_document(parts.store, document.name, document.stem, document.read_text())
+    with _model(parts, err) as demo_parts:
+        demo_parts.check_reachable()
+        worker = Worker(demo_parts.runtime, threads=4)
+        worker.start()
+        try:
+            payload = json.loads(PAYLOAD.read_text())
+            issue = payload["issue"]
+            err.print(
+                f"triaging {payload['repository']['full_name']}#{issue['number']}: "
+                f"{issue['title']!r}"
+            )
+            event = parse_event("github.issues.opened", payload)
+            run_id = demo_parts.runtime.start_run(event).run_id
+            deadline = time.monotonic() + 60
+            while run_status(demo_parts.store, run_id) not in ("succeeded", "failed", "canceled"):
+                if time.monotonic() > deadline:
+                    err.print(f"[red]run {run_id} did not finish within 60 s[/red]")
+                    return 1
+                time.sleep(0.02)
+        finally:
+            worker.stop()
+        out.print(report(demo_parts, run_id))
+    status = run_status(parts.store, run_id)
     err.print(f"done in {time.monotonic() - started:.1f} s: run {status}")
     return 0 if status == "succeeded" else 1
+
+
+@contextmanager
+def _model(parts: Stack, err: Console) -> Iterator[Stack]:
+    """The parts with a model: the configured endpoint, or the offline model started here."""
+    if parts.settings.openai_api_key is not None:
+        yield parts
+        return
+    from workers.agents.offline_model import OfflineModelConfig, start_in_thread
+
+    with start_in_thread(OfflineModelConfig()) as model:
+        err.print(f"no OPENAI_API_KEY: using Baton's offline model at {model.base_url}")
+        settings = parts.settings.model_copy(
+            update={"openai_base_url": model.base_url, "openai_api_key": None}
+        )
+        offline = Stack(settings)
+        # The offline model takes any key; the client insists on having one.
+        offline.runtime.config.__dict__["model_api_key"] = "offline"
+        yield offline
+
+
+def report(parts: Stack, run_id: str) -> Group:
+    """The conversation, tool calls, effects, usage and step tree of an agent run."""
+    detail = run_detail(parts.store, run_id)
+    run = detail["run"]
+    conversation = Table(title="conversation", title_justify="left", show_lines=True)
+    conversation.add_column("role", style="bold")
+    conversation.add_column("message", overflow="fold")
+    for message in conversation_of(parts.store, run_id):
+        conversation.add_row(message["role"], _message_text(message))
+    tools = Table(title="tool calls", title_justify="left")
+    for column in ("tool", "arguments", "result"):
+        tools.add_column(column, overflow="fold")
+    for call in tool_calls_of(parts.store, run_id):
+        tools.add_row(call["tool"], json.dumps(call["arguments"]), str(call["result"])[:120])
+    effects = Table(title="effects on GitHub (stand-in)", title_justify="left")
+    for column in ("kind", "target", "payload"):
+        effects.add_column(column, overflow="fold")
+    for effect in effects_of_run(parts.store, run_id):
+        effects.add_row(effect["kind"], effect["target"], json.dumps(effect["payload"]))
+    usage = Text.assemble(
+        ("usage  ", "bold"),
+        f"{run['model_calls']} model calls, {run['input_tokens']:,} input + "
+        f"{run['output_tokens']:,} output tokens ({run['cached_tokens']:,} cached), "
+        f"cost ${run['cost_usd']:.6f}",
+    )
+    result = detail["memory"].get("triage")
+    outcome = Panel(
+        json.dumps(result, indent=2) if result else "no result", title="TriageResult", expand=False
+    )
+    return Group(conversation, tools, effects, outcome, usage, Text(""), _render.run_view(detail))
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    parts = []
+    if message["content"]:
+        parts.append(str(message["content"]))
+    for call in message.get("tool_calls") or []:
+        parts.append(f"→ {call['function']['name']}({call['function']['arguments']})")
+    if message["role"] == "tool":
+        parts.insert(0, f"[{message['name']}]")
+    return "\n".join(parts)

@@ -119,38 +119,69 @@ def step_tree(detail: dict[str, Any]) -> Tree:
             events_by_step[event["cause_step_id"]].append(event)
     root = Tree(Text(f"run {run['id']}", style="bold"))
     trigger = events_by_id.get(run["trigger_event_id"])
-    if trigger is None:
-        return root
-    _add_event(root, trigger, steps_by_event, events_by_step)
+    if trigger is not None:
+        root.add(_event_label(trigger))
+        _continue(root, trigger, steps_by_event, events_by_step)
     return root
 
 
-def _add_event(
-    parent: Tree,
+def _continue(
+    container: Tree,
     event: dict[str, Any],
     steps_by_event: dict[str, list[dict[str, Any]]],
     events_by_step: dict[str, list[dict[str, Any]]],
 ) -> None:
-    node = parent.add(_event_label(event))
-    caused = steps_by_event.get(event["id"], [])
-    for step in caused:
-        target = parent if len(caused) == 1 else node
-        step_node = target.add(_step_label(step))
+    """Add what ``event`` caused to ``container``: a chain stays in it, a fan-out branches."""
+    while True:
+        caused = steps_by_event.get(event["id"], [])
+        if len(caused) != 1:
+            for step in caused:
+                _branch(container.add(_step_label(step)), step, steps_by_event, events_by_step)
+            return
+        step = caused[0]
+        step_node = container.add(_step_label(step))
         emitted = events_by_step.get(step["id"], [])
-        for child in emitted:
-            _add_event(
-                parent if len(caused) == 1 and len(emitted) == 1 else step_node,
-                child,
-                steps_by_event,
-                events_by_step,
-            )
+        if len(emitted) != 1:
+            _branch(step_node, step, steps_by_event, events_by_step)
+            return
+        event = emitted[0]
+        container.add(_event_label(event))
+
+
+def _branch(
+    step_node: Tree,
+    step: dict[str, Any],
+    steps_by_event: dict[str, list[dict[str, Any]]],
+    events_by_step: dict[str, list[dict[str, Any]]],
+) -> None:
+    for child in events_by_step.get(step["id"], []):
+        branch = step_node.add(_event_label(child))
+        _continue(branch, child, steps_by_event, events_by_step)
 
 
 def _event_label(event: dict[str, Any]) -> Text:
-    data = json.dumps(event["data"], separators=(",", ":"))
-    if len(data) > 80:
-        data = data[:77] + "..."
-    return Text.assemble(("● ", "blue"), (event["type"], "bold blue"), " ", (data, "dim"))
+    return Text.assemble(
+        ("● ", "blue"), (event["type"], "bold blue"), " ", (_event_summary(event), "dim")
+    )
+
+
+def _event_summary(event: dict[str, Any]) -> str:
+    """A line about the event: the agent loop's events say what they carry, others show data."""
+    data = event["data"]
+    if event["type"] == "agent.tool_call":
+        summary = f"{data['name']}({data['arguments']})"
+    elif event["type"] == "agent.tool_result":
+        summary = f"{data['name']} → {data['content']}"
+    elif event["type"] == "agent.model_call":
+        summary = f"{data['agent']} at message {data['seq']}" + (
+            " (repair)" if data.get("repair") else ""
+        )
+    elif event["type"] == "agent.finished":
+        summary = f"{data['agent']}: {json.dumps(data['output'], separators=(',', ':'))}"
+    else:
+        summary = json.dumps(data, separators=(",", ":"))
+    summary = " ".join(summary.split())
+    return summary if len(summary) <= 90 else summary[:87] + "..."
 
 
 def _step_label(step: dict[str, Any]) -> Text:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import redis
@@ -365,3 +366,67 @@ def demo() -> None:
     with clean_errors():
         code = run_demo(parts, out, err)
     raise typer.Exit(code)
+
+
+# -- models and documents --------------------------------------------------------------------
+
+model_app = typer.Typer(no_args_is_help=True, help="Baton's offline model.")
+docs_app = typer.Typer(no_args_is_help=True, help="Documents agents can search.")
+app.add_typer(model_app, name="model")
+app.add_typer(docs_app, name="docs")
+
+
+@model_app.command("serve")
+def model_serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8765,
+    cassette: Annotated[Path | None, typer.Option(help="Replay this cassette file.")] = None,
+    delay: Annotated[float, typer.Option(min=0, help="Seconds added to every answer.")] = 0.0,
+) -> None:
+    """Serve the offline model at http://HOST:PORT/v1 (any OpenAI client, any key)."""
+    from workers.agents.offline_model import Cassette, CassetteError, OfflineModelConfig, serve
+
+    try:
+        loaded = Cassette.load(cassette) if cassette is not None else None
+    except CassetteError as error:
+        fail(str(error), EXIT_USAGE)
+    err.print(f"offline model at http://{host}:{port}/v1")
+    serve(host=host, port=port, config=OfflineModelConfig(cassette=loaded, delay_seconds=delay))
+
+
+@docs_app.command("add")
+def docs_add(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.md, .txt, .rst).")],
+) -> None:
+    """Load documents into the store for the search_documents tool (re-adding replaces)."""
+    from rich.progress import track
+
+    from store._search import add_document
+
+    files = _document_files(paths)
+    if not files:
+        fail("no .md, .txt or .rst files under " + ", ".join(map(str, paths)), EXIT_USAGE)
+    parts = stack()
+    added = 0
+    with clean_errors():
+        for path in track(files, description="loading", console=err, disable=len(files) < 5):
+            text = path.read_text(errors="replace")
+            title = next(
+                (line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")),
+                path.stem,
+            )
+            added += add_document(parts.store, str(path), title, text)
+    out.print(f"{len(files)} document(s) loaded ({added} new)")
+
+
+def _document_files(paths: list[Path]) -> list[Path]:
+    suffixes = {".md", ".txt", ".rst"}
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            fail(f"{path} does not exist", EXIT_USAGE)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix in suffixes and p.is_file())
+        elif path.suffix in suffixes:
+            found.append(path)
+    return found

@@ -27,6 +27,7 @@ from store._model import (
 )
 from store._queries import (
     RunFilter,
+    conversation_of,
     known_modules,
     list_runs,
     modules_for_event_type,
@@ -34,6 +35,7 @@ from store._queries import (
     resolve_run_id,
     run_detail,
     run_status,
+    tool_calls_of,
 )
 from store._runs import cancel_run, create_run, fire_due_timers, replay_failed_steps, send_signal
 from store._steps import (
@@ -97,6 +99,8 @@ __all__ = [
     "resolve_run_id",
     "run_detail",
     "run_status",
+    "conversation_of",
+    "tool_calls_of",
     "record_actors",
     "modules_for_event_type",
     "known_modules",

@@ -10,7 +10,19 @@ from sqlalchemy import delete, func, insert, select
 
 from store._engine import Store
 from store._errors import NotFound
-from store._tables import actor_catalog, events, memory, runs, step_attempts, steps, waits
+from store._tables import (
+    actor_catalog,
+    agent_loops,
+    conversation,
+    events,
+    memory,
+    model_calls,
+    runs,
+    step_attempts,
+    steps,
+    tool_calls,
+    waits,
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,26 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
         memory_rows = connection.execute(
             select(memory.c.key, memory.c.value).where(memory.c.id.in_(newest))
         ).all()
+        loop_rows = connection.execute(
+            select(agent_loops)
+            .where(agent_loops.c.run_id == run_id)
+            .order_by(agent_loops.c.created_at)
+        ).all()
+        call_rows = connection.execute(
+            select(
+                model_calls.c.step_id,
+                model_calls.c.agent,
+                model_calls.c.model,
+                model_calls.c.input_tokens,
+                model_calls.c.output_tokens,
+                model_calls.c.cached_tokens,
+                model_calls.c.reasoning_tokens,
+                model_calls.c.cost_usd,
+                model_calls.c.latency_ms,
+            )
+            .where(model_calls.c.run_id == run_id)
+            .order_by(model_calls.c.created_at)
+        ).all()
     attempts: dict[str, list[dict[str, Any]]] = {}
     for row in attempt_rows:
         attempts.setdefault(row.step_id, []).append(
@@ -102,7 +134,30 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
         ],
         "waits": [dict(row._mapping) for row in wait_rows],
         "memory": {row.key: row.value for row in memory_rows},
+        "agents": [dict(row._mapping) for row in loop_rows],
+        "model_calls": [dict(row._mapping) for row in call_rows],
     }
+
+
+def conversation_of(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Every message of every agent loop in a run, in order (for people, not for steps)."""
+    with store.read() as connection:
+        rows = connection.execute(
+            select(conversation)
+            .where(conversation.c.run_id == run_id)
+            .order_by(conversation.c.loop_id, conversation.c.seq)
+        ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def tool_calls_of(store: Store, run_id: str) -> list[dict[str, Any]]:
+    with store.read() as connection:
+        rows = connection.execute(
+            select(tool_calls)
+            .where(tool_calls.c.run_id == run_id)
+            .order_by(tool_calls.c.created_at)
+        ).all()
+    return [dict(row._mapping) for row in rows]
 
 
 def run_status(store: Store, run_id: str) -> str | None:
