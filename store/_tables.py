@@ -19,6 +19,10 @@ class RunBase(SQLModel):
     trigger_event_id: str = Field(max_length=40)
     agent: str | None = Field(default=None, max_length=200)
     parent_run_id: str | None = Field(default=None, max_length=40)
+    # A fork: the step of the parent run it re-executes from; recorded forks reuse the
+    # parent's model and tool results wherever the request is unchanged.
+    forked_from_step_id: str | None = Field(default=None, max_length=40)
+    recorded: bool = False
     dedupe_key: str | None = Field(default=None, max_length=300)
     trace_id: str = Field(max_length=32)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -350,3 +354,35 @@ tool_calls = ToolCall.__table__  # type: ignore[attr-defined]
 agent_memory = AgentFact.__table__  # type: ignore[attr-defined]
 documents = Document.__table__  # type: ignore[attr-defined]
 effects = Effect.__table__  # type: ignore[attr-defined]
+
+
+class Operation(SQLModel, table=True):
+    """What an operator did (replay, fork, cancel, ...): who, when, why, and how it went."""
+
+    __tablename__ = "operations"
+    __table_args__ = (Index("ix_operations_created", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    kind: str = Field(max_length=40)
+    actor: str = Field(max_length=200)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    parameters: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    status: str = Field(max_length=16)
+    outcome: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: float
+    finished_at: float | None = None
+
+
+class RunLabel(SQLModel, table=True):
+    """An outcome an operator recorded for a run: good or bad, with a note."""
+
+    __tablename__ = "run_labels"
+
+    run_id: str = Field(primary_key=True, max_length=40)
+    label: str = Field(max_length=16)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float
+
+
+operations = Operation.__table__  # type: ignore[attr-defined]
+run_labels = RunLabel.__table__  # type: ignore[attr-defined]
