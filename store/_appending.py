@@ -28,14 +28,18 @@ from store._tables import events, join_arrivals, outbox, runs, steps
 
 
 def insert_on_conflict_ignore(connection: Connection, table: Any) -> Any:
-    """INSERT that ignores duplicate keys: duplicates collapse instead of racing."""
+    """INSERT that ignores duplicate keys: duplicates collapse instead of racing.
+
+    Its rowcount says how many rows were new (callers count join arrivals and applied effects
+    with it); SQLAlchemy drops an INSERT's rowcount on psycopg unless asked to keep it.
+    """
     if connection.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).on_conflict_do_nothing()
+        return pg_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
 
 def lock_run(connection: Connection, run_id: str) -> Any:
@@ -64,7 +68,8 @@ def append_events(
 ) -> list[Publish]:
     """Insert events and a step per subscribed actor, with outbox rows for the ready steps."""
     parent_span = _ids.span_id(cause_step_id) if cause_step_id else trace_id[:16]
-    publish: list[Publish] = []
+    plain: list[Publish] = []
+    ready_joins: list[Publish] = []
     event_rows = []
     step_rows = []
     for position, new_event in enumerate(new_events):
@@ -91,7 +96,7 @@ def append_events(
                     connection, run_id, trace_id, parent_span, event_id, groups, route, now
                 )
                 if ready is not None:
-                    publish.append(ready)
+                    ready_joins.append(ready)
                 continue
             step_id = _ids.step_id(event_id, route.actor)
             message_id = _ids.new_message_id()
@@ -109,15 +114,14 @@ def append_events(
                     now,
                 )
             )
-            publish.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
+            plain.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
     if event_rows:
         connection.execute(insert_on_conflict_ignore(connection, events), event_rows)
     if step_rows:
         connection.execute(insert_on_conflict_ignore(connection, steps), step_rows)
-    add_to_outbox(
-        connection, [p for p in publish if any(p.step_id == r["id"] for r in step_rows)], now
-    )
-    return publish
+    # A join that became ready wrote its own outbox row in _arrive_at_join.
+    add_to_outbox(connection, plain, now)
+    return [*plain, *ready_joins]
 
 
 def _step_row(

@@ -10,9 +10,9 @@ from sqlalchemy import and_, delete, exists, insert, or_, select, update
 
 from store import _ids
 from store._engine import Store
-from store._model import STEP_PENDING, STEP_RUNNING, Publish
+from store._model import RUN_FAILED, STEP_PENDING, STEP_RUNNING, Publish
 from store._steps import publish_from_outbox
-from store._tables import dead_letters, outbox, steps
+from store._tables import dead_letters, outbox, runs, steps
 
 
 def due_outbox(store: Store, older_than_seconds: float, limit: int = 500) -> list[Publish]:
@@ -110,6 +110,12 @@ def suspects(
             .where(
                 steps.c.state == STEP_PENDING,
                 steps.c.available_at < now - stale_seconds,
+                # A failed run's pending steps are held until replay, not lost.
+                steps.c.run_id.in_(
+                    select(runs.c.id).where(
+                        runs.c.id == steps.c.run_id, runs.c.status != RUN_FAILED
+                    )
+                ),
                 or_(steps.c.published_at.is_(None), steps.c.published_at < now - stale_seconds),
                 ~exists().where(and_(outbox.c.step_id == steps.c.id)),
             )

@@ -88,7 +88,7 @@ class ClaimedStep:
 class Claim:
     """What a delivery found: ``claimed`` (run it) or why not."""
 
-    outcome: str  # claimed | succeeded | busy | finished | canceled | missing | early
+    outcome: str  # claimed | succeeded | busy | finished | canceled | halted | missing | early
     step: ClaimedStep | None = None
     detail: str = ""
     # For a redelivered, already-succeeded step: what it caused and is still pending.

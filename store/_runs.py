@@ -278,8 +278,14 @@ def replay_failed_steps(
         if not failed:
             which = f"step {step_id!r} is not a failed step of" if step_id else "no failed step in"
             raise InvalidState(f"{which} run {run_id}; see `baton runs show {run_id}`")
+        # Steps that became ready while the run was failed were held back: send them too.
+        halted = connection.execute(
+            select(steps.c.id, steps.c.actor, steps.c.queue, steps.c.traceparent).where(
+                steps.c.run_id == run_id, steps.c.state == STEP_PENDING
+            )
+        ).all()
         publish = []
-        for step in failed:
+        for step in [*failed, *halted]:
             message_id = _ids.new_message_id()
             connection.execute(
                 update(steps)

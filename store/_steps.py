@@ -21,6 +21,7 @@ from store._engine import Store
 from store._errors import LeaseLost
 from store._model import (
     RUN_CANCELED,
+    RUN_FAILED,
     RUN_FINISHED,
     STEP_CANCELED,
     STEP_FAILED,
@@ -69,6 +70,10 @@ def claim_step(
             return Claim("canceled", detail="the run was canceled")
         if row.state == STEP_SUCCEEDED:
             return Claim("succeeded", republish=_pending_children(connection, step_id))
+        if run.status == RUN_FAILED and row.state == STEP_PENDING:
+            # A failed run stops where it is: its pending steps wait for an operator's replay,
+            # which sends them again. No more model calls or side effects until then.
+            return Claim("halted", detail="the run failed; `baton replay` continues it")
         if row.state == STEP_RUNNING and (row.lease_expires_at or 0) >= now:
             return Claim("busy", detail=f"held by {row.lease_owner} until {row.lease_expires_at}")
         if row.state not in (STEP_PENDING, STEP_RUNNING):
