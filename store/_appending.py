@@ -257,7 +257,7 @@ def settle_run(connection: Connection, run_id: str, status: str, now: float) -> 
     """
     if status in RUN_FINISHED:
         return status
-    counts = dict(
+    counts: dict[str, int] = dict(
         connection.execute(
             select(steps.c.state, func.count())
             .where(steps.c.run_id == run_id, steps.c.state.in_(STEP_OPEN))

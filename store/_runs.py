@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -163,7 +164,7 @@ def fire_due_timers(store: Store, now: float | None = None, limit: int = 200) ->
 def _resolve_waits(
     connection: Connection,
     run_id: str,
-    resolved: list[Any],
+    resolved: Sequence[Any],
     state: str,
     data: dict[str, Any],
     now: float,

@@ -8,7 +8,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from events import Event
 from workers._durations import seconds
@@ -54,6 +54,34 @@ _actors: dict[str, Actor[Any]] = {}
 _subscribers: dict[str, list[Actor[Any]]] = {}
 
 
+@overload
+def actor(
+    fn: F,
+    *,
+    on: type[Event] | Iterable[type[Event]],
+    retries: int | None = None,
+    timeout: float | str | None = None,
+    queue: str = "default",
+    join: bool = False,
+    throws: type[BaseException] | tuple[type[BaseException], ...] = (),
+    name: str | None = None,
+) -> Actor[F]: ...
+
+
+@overload
+def actor(
+    fn: None = None,
+    *,
+    on: type[Event] | Iterable[type[Event]],
+    retries: int | None = None,
+    timeout: float | str | None = None,
+    queue: str = "default",
+    join: bool = False,
+    throws: type[BaseException] | tuple[type[BaseException], ...] = (),
+    name: str | None = None,
+) -> Callable[[F], Actor[F]]: ...
+
+
 def actor(
     fn: F | None = None,
     *,
@@ -64,7 +92,7 @@ def actor(
     join: bool = False,
     throws: type[BaseException] | tuple[type[BaseException], ...] = (),
     name: str | None = None,
-) -> Any:
+) -> Actor[F] | Callable[[F], Actor[F]]:
     """Subscribe ``fn(event, ctx)`` to the event types in ``on``.
 
     ``retries``: retries after the first attempt (default from settings); ``timeout``: the

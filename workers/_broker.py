@@ -47,7 +47,7 @@ class Broker(RedisBroker):
         heartbeat_timeout_ms: int = 30_000,
         **options: Any,
     ) -> None:
-        super().__init__(
+        super().__init__(  # type: ignore[no-untyped-call]
             url=url,
             namespace=NAMESPACE,
             middleware=[
@@ -105,7 +105,7 @@ class Broker(RedisBroker):
                 self.heartbeat_timeout,
                 self.dead_message_ttl,
                 1,
-                self._max_unpack_size(),
+                self._max_unpack_size(),  # type: ignore[no-untyped-call]
             ],
             keys=[self.namespace],
         )
@@ -117,11 +117,11 @@ class Broker(RedisBroker):
             raise WorkerError(f"cannot reach Redis: {error}") from error
 
 
-class _Consumer(_RedisConsumer):  # type: ignore[misc]
+class _Consumer(_RedisConsumer):
     def __next__(self) -> Any:
         while True:
             try:
-                return super().__next__()
+                return super().__next__()  # type: ignore[no-untyped-call]
             except DecodeError as error:
                 self._dead_letter(
                     error.data if isinstance(error.data, bytes) else str(error.data).encode(),

@@ -8,8 +8,9 @@ from sqlmodel import SQLModel
 
 import store._tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
-url = context.config.get_main_option("sqlalchemy.url")
-assert url is not None
+configured = context.config.get_main_option("sqlalchemy.url")
+assert configured is not None, "store._migrate sets sqlalchemy.url"
+url: str = configured
 
 
 def run() -> None:

@@ -71,7 +71,7 @@ class Agent:
             raise ActorError(f"{label}: context_window must be at least 2 messages")
         if output is not None and not (isinstance(output, type) and issubclass(output, BaseModel)):
             raise ActorError(f"{label}: output must be a pydantic model class, got {output!r}")
-        names = [t.name for t in tools]
+        names: list[str] = [str(getattr(t, "name", "")) for t in tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ActorError(f"{label}: two tools are named {', '.join(duplicates)}")

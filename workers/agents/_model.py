@@ -65,7 +65,8 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> dict[
                 f"{_provider_message(error)}"
             ) from None
         raise
-    return response.model_dump(mode="json", exclude_unset=True)
+    dumped: dict[str, Any] = response.model_dump(mode="json", exclude_unset=True)
+    return dumped
 
 
 def _provider_message(error: openai.APIStatusError) -> str:

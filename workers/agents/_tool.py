@@ -7,7 +7,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable
-from typing import Any, get_type_hints
+from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -86,13 +86,33 @@ class Tool:
         return await asyncio.to_thread(self.fn, **kwargs)
 
 
+@overload
+def tool(
+    fn: Callable[..., Any],
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    approval: bool = False,
+) -> Tool: ...
+
+
+@overload
+def tool(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    idempotent: bool = False,
+    approval: bool = False,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
 def tool(
     fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
     idempotent: bool = False,
     approval: bool = False,
-) -> Any:
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Declare a tool. Its parameters (type-annotated) become the JSON schema the model sees,
     its docstring the description. A parameter ``ctx: Context`` receives the step's context.
 
@@ -136,7 +156,7 @@ def _build(
             )
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
-    arguments = create_model(  # type: ignore[call-overload]
+    arguments = create_model(
         f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
     )
     return Tool(
