@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = _sqlite_engine(url, busy_timeout_ms, immediate=True)
+            # SQLite has one writer at a time. Threads of this process queue on a lock that
+            # wakes the next one at once; only other processes meet SQLite's busy handler,
+            # which sleeps up to 100 ms between tries.
+            self._writer: AbstractContextManager[Any] = threading.Lock()
             self.read_engine = _sqlite_engine(url, busy_timeout_ms, immediate=False)
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":
@@ -46,6 +51,7 @@ class Store:
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
             self.read_engine = self.engine
+            self._writer = nullcontext()
         else:
             raise StoreError(
                 f"database {self.dialect!r} is not supported; use SQLite or PostgreSQL"
@@ -54,7 +60,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed on exit, rolled back on error."""
-        with _translated(self.url), self.engine.begin() as connection:
+        with self._writer, _translated(self.url), self.engine.begin() as connection:
             yield connection
 
     @contextmanager
