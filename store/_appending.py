@@ -42,6 +42,18 @@ def insert_on_conflict_ignore(connection: Connection, table: Any) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing().execution_options(preserve_rowcount=True)
 
 
+# Key of ``connection.info`` where an observer (workers' metrics) that opened a list at BEGIN
+# collects the statuses of the runs this transaction finishes; it reads them at COMMIT.
+FINISHED_RUNS = "baton.finished_runs"
+
+
+def note_run_finished(connection: Connection, status: str) -> None:
+    """Tell an after-commit observer, if one watches this engine, that a run finished."""
+    finished = connection.info.get(FINISHED_RUNS)
+    if finished is not None:
+        finished.append(status)
+
+
 def lock_run(connection: Connection, run_id: str) -> Any:
     """Read the run row, locking it on PostgreSQL so commits within one run serialise.
 
@@ -65,9 +77,17 @@ def append_events(
     router: Router,
     now: float,
     event_ids: Sequence[str] | None = None,
+    cause_span_id: str | None = None,
+    cause_origin_step_id: str | None = None,
 ) -> list[Publish]:
-    """Insert events and a step per subscribed actor, with outbox rows for the ready steps."""
-    parent_span = _ids.span_id(cause_step_id) if cause_step_id else trace_id[:16]
+    """Insert events and a step per subscribed actor, with outbox rows for the ready steps.
+
+    The new steps' trace parent is ``cause_span_id`` (the committing attempt's span, or the
+    request span that started the run), else the cause step's first span. In a fork,
+    ``cause_origin_step_id`` is the parent run's counterpart of the cause step: each new step
+    gets its own counterpart, derived the way the parent derived its ids.
+    """
+    parent_span = cause_span_id or (_ids.span_id(cause_step_id) if cause_step_id else trace_id[:16])
     plain: list[Publish] = []
     ready_joins: list[Publish] = []
     event_rows = []
@@ -78,6 +98,9 @@ def append_events(
         else:
             assert cause_step_id is not None
             event_id = _ids.event_id(cause_step_id, position)
+        origin_event_id = (
+            _ids.event_id(cause_origin_step_id, position) if cause_origin_step_id else None
+        )
         event_rows.append(
             {
                 "id": event_id,
@@ -93,7 +116,15 @@ def append_events(
         for route in router(new_event.type):
             if route.join:
                 ready = _arrive_at_join(
-                    connection, run_id, trace_id, parent_span, event_id, groups, route, now
+                    connection,
+                    run_id,
+                    trace_id,
+                    parent_span,
+                    event_id,
+                    groups,
+                    route,
+                    now,
+                    origin_event_id=origin_event_id,
                 )
                 if ready is not None:
                     ready_joins.append(ready)
@@ -112,6 +143,9 @@ def append_events(
                     parent,
                     message_id,
                     now,
+                    origin_step_id=_ids.step_id(origin_event_id, route.actor)
+                    if origin_event_id
+                    else None,
                 )
             )
             plain.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
@@ -137,6 +171,7 @@ def _step_row(
     *,
     state: str = STEP_PENDING,
     join_expected: int | None = None,
+    origin_step_id: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": step_id,
@@ -155,6 +190,7 @@ def _step_row(
         "join_expected": join_expected,
         "join_arrived": 0,
         "created_at": now,
+        "origin_step_id": origin_step_id,
     }
 
 
@@ -167,6 +203,8 @@ def _arrive_at_join(
     groups: list[list[Any]],
     route: Any,
     now: float,
+    *,
+    origin_event_id: str | None = None,
 ) -> Publish | None:
     """Count one arrival at a join step; the arrival that completes the group makes it ready.
 
@@ -177,6 +215,18 @@ def _arrive_at_join(
     group_id, size = (groups[-1][0], int(groups[-1][1])) if groups else (event_id, 1)
     position = len(groups)
     join_id = _ids.join_step_id(group_id, route.actor)
+    origin_join_id = None
+    if origin_event_id is not None:
+        # In a fork: the parent's join collected the parent's counterpart of this group.
+        origin_group_id = (
+            connection.execute(
+                select(steps.c.origin_step_id).where(steps.c.id == group_id)
+            ).scalar()
+            if groups
+            else origin_event_id
+        )
+        if origin_group_id is not None:
+            origin_join_id = _ids.join_step_id(origin_group_id, route.actor)
     parent = _ids.traceparent(trace_id, parent_span)
     connection.execute(
         insert_on_conflict_ignore(connection, steps),
@@ -193,6 +243,7 @@ def _arrive_at_join(
                 now,
                 state=STEP_COLLECTING,
                 join_expected=size,
+                origin_step_id=origin_join_id,
             )
         ],
     )
@@ -288,6 +339,7 @@ def settle_run(connection: Connection, run_id: str, status: str, now: float) -> 
     values: dict[str, Any] = {"status": new_status, "updated_at": now}
     if new_status in RUN_FINISHED:
         values["finished_at"] = now
+        note_run_finished(connection, new_status)
     if error:
         values["error"] = error
     connection.execute(update(runs).where(runs.c.id == run_id).values(**values))
@@ -305,6 +357,10 @@ def mark_run_failed(
     now: float,
 ) -> None:
     error = f"step {failure['actor']} failed: {failure['error_type']}: {failure['message']}"
+    if FINISHED_RUNS in connection.info:
+        previous = connection.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
+        if previous not in RUN_FINISHED:
+            note_run_finished(connection, RUN_FAILED)
     connection.execute(
         update(runs)
         .where(runs.c.id == run_id, runs.c.status.not_in([RUN_CANCELED]))

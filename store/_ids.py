@@ -55,5 +55,11 @@ def span_id(step_id: str) -> str:
     return step_id[:16]
 
 
+def attempt_span_id(step_id: str, attempt: int) -> str:
+    """The span id of one attempt of a step: the first is ``span_id(step_id)``, so the usual
+    single attempt lines up with its children; a retry or replay gets its own, also derived."""
+    return span_id(step_id) if attempt <= 1 else derive_id("span", step_id, attempt)[:16]
+
+
 def traceparent(trace_id: str, parent_span_id: str) -> str:
     return f"00-{trace_id}-{parent_span_id}-01"

@@ -82,6 +82,12 @@ class ClaimedStep:
     # For a join step: every arrival, in group order; otherwise just ``event``.
     events: list[StoredEvent] = field(default_factory=list)
     join: bool = False
+    # In a fork: the parent run's step at this causal position; ``recorded`` when the fork
+    # reuses the parent's model responses and tool results for unchanged requests.
+    origin_step_id: str | None = None
+    recorded: bool = False
+    # When the step became ready to run (its queue lag is the claim time minus this).
+    available_at: float = 0.0
 
 
 @dataclass(frozen=True)

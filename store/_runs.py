@@ -14,6 +14,7 @@ from store._appending import (
     append_events,
     append_lifecycle,
     lock_run,
+    note_run_finished,
     settle_run,
 )
 from store._engine import Store
@@ -23,6 +24,7 @@ from store._model import (
     RUN_FAILED,
     RUN_FINISHED,
     RUN_RUNNING,
+    RUN_WAITING,
     STEP_CANCELED,
     STEP_COLLECTING,
     STEP_FAILED,
@@ -33,6 +35,7 @@ from store._model import (
     Publish,
     Router,
 )
+from store._operations import CANCEL, REPLAY, Operator, record_operation
 from store._tables import events, runs, steps, waits
 
 
@@ -45,12 +48,14 @@ def create_run(
     parent_run_id: str | None = None,
     agent: str | None = None,
     trace_id: str | None = None,
+    root_span_id: str | None = None,
     now: float | None = None,
 ) -> CreatedRun:
     """Create a run, its trigger event, the trigger's steps and their outbox rows: one commit.
 
     With ``dedupe_key``, a second call with the same key creates nothing and returns the
-    first run (``created`` False).
+    first run (``created`` False). ``root_span_id`` (with ``trace_id``) is the span that
+    started the run, e.g. the webhook request's: the trigger's steps are its children.
     """
     now = time.time() if now is None else now
     if dedupe_key is not None:
@@ -93,6 +98,7 @@ def create_run(
             router=router,
             now=now,
             event_ids=[event_id],
+            cause_span_id=root_span_id,
         )
         settle_run(connection, run_id, RUN_RUNNING, now)
     return CreatedRun(run_id, created=True, publish=publish, subscribed=subscribed)
@@ -215,8 +221,18 @@ def _resolve_waits(
     return publish
 
 
-def cancel_run(store: Store, run_id: str, reason: str, now: float | None = None) -> str:
-    """Cancel a live run: nothing pending runs, nothing in flight is committed after this."""
+def cancel_run(
+    store: Store,
+    run_id: str,
+    reason: str,
+    now: float | None = None,
+    *,
+    operator: Operator | None = None,
+) -> str:
+    """Cancel a live run: nothing pending runs, nothing in flight is committed after this.
+
+    With ``operator``, the cancel is recorded as an operation in the same transaction.
+    """
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, run_id)
@@ -224,7 +240,7 @@ def cancel_run(store: Store, run_id: str, reason: str, now: float | None = None)
             raise NotFound(f"no run {run_id!r}; list runs with `baton runs list`")
         if run.status in RUN_FINISHED:
             raise InvalidState(f"run {run_id} is already {run.status}; nothing to cancel")
-        connection.execute(
+        canceled = connection.execute(
             update(steps)
             .where(
                 steps.c.run_id == run_id,
@@ -244,7 +260,24 @@ def cancel_run(store: Store, run_id: str, reason: str, now: float | None = None)
                 status=RUN_CANCELED, error=f"canceled: {reason}", updated_at=now, finished_at=now
             )
         )
-        append_lifecycle(connection, run_id, "baton.run.canceled", {"reason": reason}, None, now)
+        logged = {"reason": reason, **(operator.log_fields() if operator else {})}
+        append_lifecycle(connection, run_id, "baton.run.canceled", logged, None, now)
+        note_run_finished(connection, RUN_CANCELED)
+        if operator is not None:
+            record_operation(
+                connection,
+                operator,
+                kind=CANCEL,
+                reason=reason,
+                parameters={"run_id": run_id},
+                outcome={
+                    "run_id": run_id,
+                    "was": run.status,
+                    "status": RUN_CANCELED,
+                    "steps_canceled": canceled.rowcount,
+                },
+                now=now,
+            )
     return RUN_CANCELED
 
 
@@ -255,10 +288,14 @@ def replay_failed_steps(
     reason: str,
     step_id: str | None = None,
     now: float | None = None,
+    operator: Operator | None = None,
 ) -> list[Publish]:
     """Re-run a failed run's failed steps in place; succeeded steps are never re-run.
 
     Each replayed step gets a fresh retry budget; its id, and so its idempotency key, stays.
+    A step parked as OutcomeUnknown (a non-idempotent tool call that may have happened) is
+    a failed step: replaying it is the operator's word that the call may be made again.
+    With ``operator``, the replay is recorded as an operation in the same transaction.
     """
     now = time.time() if now is None else now
     with store.transaction() as connection:
@@ -266,9 +303,16 @@ def replay_failed_steps(
         if run is None:
             raise NotFound(f"no run {run_id!r}; list runs with `baton runs list`")
         if run.status != RUN_FAILED:
+            # A waiting step is parked for a signal, not failed: a signal or its timer resumes
+            # it. (A step parked as OutcomeUnknown is a failed step, and is replayed here.)
+            hint = (
+                f"; it resumes with `baton signal {run_id} NAME`"
+                if run.status == RUN_WAITING
+                else ""
+            )
             raise InvalidState(
                 f"run {run_id} is {run.status}; in-place replay re-runs the failed steps of a "
-                "failed run"
+                f"failed run{hint}"
             )
         query = select(steps.c.id, steps.c.actor, steps.c.queue, steps.c.traceparent).where(
             steps.c.run_id == run_id, steps.c.state == STEP_FAILED
@@ -313,9 +357,27 @@ def replay_failed_steps(
             connection,
             run_id,
             "baton.run.replayed",
-            {"reason": reason, "steps": [step.id for step in failed]},
+            {
+                "reason": reason,
+                "steps": [step.id for step in failed],
+                **(operator.log_fields() if operator else {}),
+            },
             None,
             now,
             key=_ids.new_message_id(),
         )
+        if operator is not None:
+            record_operation(
+                connection,
+                operator,
+                kind=REPLAY,
+                reason=reason,
+                parameters={"run_id": run_id, "step_id": step_id, "mode": "in_place"},
+                outcome={
+                    "run_id": run_id,
+                    "replayed_steps": [step.id for step in failed],
+                    "resumed_steps": [step.id for step in halted],
+                },
+                now=now,
+            )
     return publish

@@ -56,13 +56,15 @@ def claim_step(
     store: Store, step_id: str, owner: str, lease_seconds: float, now: float | None = None
 ) -> Claim:
     """Take the lease of a step, or say why this delivery must not run it."""
-    now = time.time() if now is None else now
     with store.transaction() as connection:
+        # Read the clock once the write lock is ours: a claim that waited for it must not be
+        # granted a lease that has already run out.
+        now = time.time() if now is None else now
         row = connection.execute(select(steps).where(steps.c.id == step_id)).first()
         if row is None:
             return Claim("missing", detail=f"no step {step_id!r} in the store")
         run = connection.execute(
-            select(runs.c.status, runs.c.trace_id).where(runs.c.id == row.run_id)
+            select(runs.c.status, runs.c.trace_id, runs.c.recorded).where(runs.c.id == row.run_id)
         ).one()
         if run.status == RUN_CANCELED:
             if row.state not in (STEP_SUCCEEDED, STEP_FAILED, STEP_CANCELED):
@@ -138,6 +140,9 @@ def claim_step(
                 event=event,
                 events=arrivals,
                 join=row.join_expected is not None,
+                available_at=row.available_at,
+                origin_step_id=row.origin_step_id,
+                recorded=bool(run.recorded),
             ),
         )
 
@@ -182,6 +187,8 @@ def commit_step(
             groups=groups,
             router=router,
             now=now,
+            cause_span_id=_ids.attempt_span_id(step.id, step.attempt),
+            cause_origin_step_id=step.origin_step_id,
         )
         write_memory(connection, step.run_id, step.id, memory_writes, now)
         for write in extra_writes:
@@ -334,8 +341,9 @@ def renew_leases(
     """Extend this worker's leases; returns the ids it no longer holds."""
     if not step_ids:
         return set()
-    now = time.time()
     with store.transaction() as connection:
+        # After the write lock, as in claim_step: a renewal that waited must still extend.
+        now = time.time()
         connection.execute(
             update(steps)
             .where(
@@ -362,9 +370,16 @@ def _finish_step(
 
 
 def _release_step(connection: Connection, step: ClaimedStep, owner: str, **values: Any) -> None:
+    # The owner names a process; the attempt names this claim. Without it, a thread whose lease
+    # expired could commit over a newer claim taken by another thread of the same process.
     done = connection.execute(
         update(steps)
-        .where(steps.c.id == step.id, steps.c.lease_owner == owner, steps.c.state == STEP_RUNNING)
+        .where(
+            steps.c.id == step.id,
+            steps.c.lease_owner == owner,
+            steps.c.attempts == step.attempt,
+            steps.c.state == STEP_RUNNING,
+        )
         .values(lease_owner=None, lease_expires_at=None, **values)
     )
     if done.rowcount != 1:

@@ -117,16 +117,35 @@ class Broker(RedisBroker):
             raise WorkerError(f"cannot reach Redis: {error}") from error
 
 
+# While messages keep coming, an empty queue is looked at again within this many ms;
+# after a quiet second the consumer backs off to its idle timeout. A chain's next step
+# lands a few ms after its queue was last seen empty, and the idle backoff (up to 100 ms)
+# would make it wait out a long sleep.
+_BUSY_TIMEOUT_MS = 10
+_BUSY_FOR_SECONDS = 1.0
+
+
 class _Consumer(_RedisConsumer):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)  # type: ignore[no-untyped-call]
+        self._idle_timeout = self.timeout
+        self._last_message = 0.0
+
     def __next__(self) -> Any:
         while True:
+            busy = time.monotonic() - self._last_message < _BUSY_FOR_SECONDS
+            self.timeout = min(self._idle_timeout, _BUSY_TIMEOUT_MS) if busy else self._idle_timeout
             try:
-                return super().__next__()  # type: ignore[no-untyped-call]
+                message = super().__next__()  # type: ignore[no-untyped-call]
             except DecodeError as error:
                 self._dead_letter(
                     error.data if isinstance(error.data, bytes) else str(error.data).encode(),
                     str(error.error),
                 )
+                continue
+            if message is not None:
+                self._last_message = time.monotonic()
+            return message
 
     def _dead_letter(self, raw: bytes, reason: str) -> None:
         """Find the undecodable message among the ones this consumer fetched, keep it, ack it."""

@@ -12,6 +12,7 @@ import dramatiq
 from workers._errors import WorkerError
 from workers._maintenance import Maintenance
 from workers._runtime import Runtime
+from workers._tracing import configure_tracing, flush_tracing
 
 _logger = logging.getLogger("baton.worker")
 
@@ -47,6 +48,7 @@ class Worker:
         self.maintenance = Maintenance(runtime) if maintenance else None
 
     def start(self) -> None:
+        configure_tracing("baton-worker")
         self.runtime.broker.ping()
         self.runtime.record_catalog()
         self.runtime.start_housekeeping()
@@ -58,9 +60,8 @@ class Worker:
     def stop(self, timeout_ms: int = 30_000) -> None:
         if self.maintenance is not None:
             self.maintenance.stop()
-        # Stop taking messages, let handed-off async steps commit, then stop the threads.
-        self._worker.pause()
-        self.runtime.drain(timeout_ms / 1000)
+        # Handed-off async steps drain inside this, once the consumers have stopped.
         self._worker.stop(timeout=timeout_ms)
         self.runtime.stop_housekeeping()
+        flush_tracing()
         _logger.info("worker %s stopped", self.runtime.owner)

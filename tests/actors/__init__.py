@@ -1,0 +1,1 @@
+"""Actor modules that `baton worker` subprocesses import in the tests (`tests.actors.chaos`)."""
