@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select, union_all, update
 
 from store._appending import insert_on_conflict_ignore
 from store._engine import Store
@@ -115,16 +115,16 @@ def read_window(
     tool result whose request fell outside the window (the API would refuse it).
     """
     tail_start = max(head, next_seq - window)
+    # Two ranges in one UNION ALL: with an OR, SQLite seeks on loop_id alone and reads every
+    # message of the loop, so each step would cost more than the one before.
+    first = select(conversation).where(conversation.c.loop_id == loop_id, conversation.c.seq < head)
+    last = select(conversation).where(
+        conversation.c.loop_id == loop_id,
+        conversation.c.seq >= tail_start,
+        conversation.c.seq < next_seq,
+    )
     with store.read() as connection:
-        rows = connection.execute(
-            select(conversation)
-            .where(
-                conversation.c.loop_id == loop_id,
-                (conversation.c.seq < head)
-                | ((conversation.c.seq >= tail_start) & (conversation.c.seq < next_seq)),
-            )
-            .order_by(conversation.c.seq)
-        ).all()
+        rows = connection.execute(union_all(first, last).order_by("seq")).all()
     messages = [_message(row) for row in rows]
     head_messages = [m for m, row in zip(messages, rows, strict=True) if row.seq < head]
     tail = [m for m, row in zip(messages, rows, strict=True) if row.seq >= head]

@@ -44,6 +44,7 @@ class Tool:
         self.idempotent = idempotent
         self.approval = approval
         self.is_async = inspect.iscoroutinefunction(fn)
+        self._schema: dict[str, Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -53,16 +54,19 @@ class Tool:
 
     def schema(self) -> dict[str, Any]:
         """The tool as OpenAI's Chat Completions API takes it."""
-        parameters = self.arguments.model_json_schema()
-        parameters.pop("title", None)
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": parameters,
-            },
-        }
+        # Built once: every model call sends it, and pydantic's schema generation is slow.
+        if self._schema is None:
+            parameters = self.arguments.model_json_schema()
+            parameters.pop("title", None)
+            self._schema = {
+                "type": "function",
+                "function": {
+                    "name": self.name,
+                    "description": self.description,
+                    "parameters": parameters,
+                },
+            }
+        return self._schema
 
     def validate(self, raw: str) -> dict[str, Any]:
         """Parse and validate the model's JSON arguments; ToolArgumentsInvalid says what is off."""

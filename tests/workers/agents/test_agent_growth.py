@@ -1,0 +1,158 @@
+"""O(1) per step (DESIGN.md invariant 8): the model-call step of turn 200 of a conversation
+issues the same statements, writes the same rows and does the same database work as turn 20."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import pytest
+from sqlalchemy import event
+
+from events import Event
+from store import Store, run_detail
+from tests.conftest import wait_for_run
+from workers import Agent, Context, Worker, actor, tool
+from workers.agents.offline_model import OfflineModelHandle
+
+EARLY_TURN = 20
+LATE_TURN = 200
+
+
+@tool(idempotent=True)
+def t_agents_growth_tick() -> str:
+    """Advance the counter by one."""
+    return "ticked"
+
+
+# `tool_choice: required` makes the offline model call the tool on every turn, so the loop
+# runs until max_steps stops it.
+long_talker = Agent(
+    name="t_agents_growth",
+    model="gpt-4.1-mini",
+    instructions="Keep ticking.",
+    tools=[t_agents_growth_tick],
+    model_settings={"tool_choice": "required"},
+    max_steps=LATE_TURN + 2,
+    # Two messages a turn: by turn 20 the window is full, and stays that size.
+    context_window=20,
+)
+
+
+class GrowthStart(Event, type="t_agents_growth.start"):
+    pass
+
+
+@actor(on=GrowthStart)
+def t_agents_growth_start(event: GrowthStart, ctx: Context) -> Event:
+    return long_talker.start(ctx, "Tick until you are stopped.")
+
+
+# -- measuring what one step does to the store ------------------------------------------------
+
+# The step a thread (or a task, or a thread the task hands work to) is running: set from the
+# Dramatiq message before the handler runs; asyncio copies it into tasks and to_thread calls.
+running_step: ContextVar[str | None] = ContextVar("t_agents_running_step", default=None)
+
+
+class TagSteps(dramatiq.Middleware):
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        running_step.set(message.args[0] if message.args else None)
+
+    def after_process_message(self, broker: dramatiq.Broker, message: Any, **_: Any) -> None:
+        running_step.set(None)
+
+
+@dataclass
+class Work:
+    statements: int = 0
+    rows_written: int = 0
+    # SQLite virtual-machine instructions, in tens: grows with every row a query scans.
+    vm_steps: int = 0
+
+
+@pytest.fixture
+def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
+    """What every step did to the store, by step id, counted on both of the store's engines."""
+    work: dict[str, Work] = defaultdict(Work)
+
+    def on_connect(connection: sqlite3.Connection, _record: Any) -> None:
+        def progress() -> int:
+            step = running_step.get()
+            if step is not None:
+                work[step].vm_steps += 1
+            return 0
+
+        connection.set_progress_handler(progress, 10)
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        step = running_step.get()
+        if step is not None:
+            work[step].statements += 1
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        step = running_step.get()
+        if step is not None and cursor.rowcount > 0:
+            work[step].rows_written += cursor.rowcount
+
+    engines = {store.engine, store.read_engine}
+    for engine in engines:
+        if store.dialect == "sqlite":
+            event.listen(engine, "connect", on_connect)
+        event.listen(engine, "before_cursor_execute", before)
+        event.listen(engine, "after_cursor_execute", after)
+        engine.dispose()  # connections opened from now on get the progress handler
+    yield work
+    for engine in engines:
+        if store.dialect == "sqlite":
+            event.remove(engine, "connect", on_connect)
+        event.remove(engine, "before_cursor_execute", before)
+        event.remove(engine, "after_cursor_execute", after)
+
+
+@pytest.mark.slow
+def test_turn_200_of_a_conversation_costs_what_turn_20_costs(
+    store: Store,
+    work_per_step: dict[str, Work],
+    offline_model: Callable[..., OfflineModelHandle],
+    agent_worker: Callable[..., Worker],
+    recorded_model_calls: Callable[[str], list[dict[str, Any]]],
+) -> None:
+    # Given a worker whose steps are measured, and an agent the model keeps calling a tool for
+    worker = agent_worker(offline_model())
+    worker.runtime.broker.add_middleware(TagSteps())
+
+    # When its loop runs past turn 200 (max_steps ends it)
+    run_id = worker.runtime.start_run(GrowthStart()).run_id
+    assert wait_for_run(store, run_id, timeout=100) == "failed"
+    assert f"max_steps={LATE_TURN + 2}" in str(run_detail(store, run_id)["run"]["error"])
+
+    # Then the model-call step of turn 200 ran as many statements and wrote as many rows as
+    # the one of turn 20, with about as much database work, though the conversation it
+    # continues is ten times longer
+    steps = run_detail(store, run_id)["steps"]
+    model_steps = [s["id"] for s in steps if s["actor"] == "baton.agent.model_call"]
+    assert len(model_steps) == LATE_TURN + 3
+    early = work_per_step[model_steps[EARLY_TURN - 1]]
+    late = work_per_step[model_steps[LATE_TURN - 1]]
+    assert early.statements > 0 and early.rows_written > 0
+    assert late.statements == early.statements
+    assert late.rows_written == early.rows_written
+    assert late.vm_steps <= early.vm_steps * 1.3, (early, late)
+    # And so did the tool-call and join steps of those turns
+    for actor_name in ("baton.agent.tool_call", "baton.agent.tools_joined"):
+        ids = [s["id"] for s in steps if s["actor"] == actor_name]
+        early, late = work_per_step[ids[EARLY_TURN - 1]], work_per_step[ids[LATE_TURN - 1]]
+        assert late.statements == early.statements > 0, actor_name
+        assert late.rows_written == early.rows_written, actor_name
+        assert late.vm_steps <= early.vm_steps * 1.3, (actor_name, early, late)
+    # And the model was sent the instructions, the input and the last context_window
+    # messages, not the whole conversation
+    calls = recorded_model_calls(run_id)
+    sent = [len(c["request"]["messages"]) for c in calls]
+    assert sent[LATE_TURN - 1] == sent[EARLY_TURN - 1] <= 2 + long_talker.context_window

@@ -1,0 +1,381 @@
+"""The agent loop on a real worker: tool calls fan out and join, bad arguments and failing
+tools are answered to the model, provider errors are retried or refused, budgets stop a run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from events import Event
+from store import Store, conversation_of, run_detail, tool_calls_of
+from tests.conftest import wait_for_run
+from workers import Agent, Context, Worker, actor, tool
+from workers.agents import ToolArgumentsInvalid
+from workers.agents.offline_model import Cassette, OfflineModelHandle
+
+StartModel = Callable[..., OfflineModelHandle]
+StartAgentWorker = Callable[..., Worker]
+ModelCalls = Callable[[str], list[dict[str, Any]]]
+
+# -- the agents ------------------------------------------------------------------------------
+
+# The three parallel tools meet here: if they ran one after another, the first would time out.
+meeting = threading.Barrier(3, timeout=15)
+
+
+@tool
+def t_agents_fan_slow(topic: str) -> str:
+    """Look the topic up in the slow archive."""
+    meeting.wait()
+    time.sleep(0.6)
+    return "alpha from the archive"
+
+
+@tool
+def t_agents_fan_medium(topic: str) -> str:
+    """Look the topic up in the wiki."""
+    meeting.wait()
+    time.sleep(0.3)
+    return "beta from the wiki"
+
+
+@tool
+def t_agents_fan_fast(topic: str) -> str:
+    """Look the topic up in the cache."""
+    meeting.wait()
+    return "gamma from the cache"
+
+
+fan_out = Agent(
+    name="t_agents_fan_out",
+    model="gpt-4.1-mini",
+    instructions="Look the topic up everywhere at once, then summarise.",
+    tools=[t_agents_fan_slow, t_agents_fan_medium, t_agents_fan_fast],
+)
+
+doubled: list[int] = []
+
+
+@tool
+def t_agents_double(n: int) -> int:
+    """Double a whole number."""
+    doubled.append(n)
+    return n * 2
+
+
+strict = Agent(
+    name="t_agents_strict",
+    model="gpt-4.1-mini",
+    instructions="Double the number the user gives with the tool.",
+    tools=[t_agents_double],
+)
+
+
+@tool
+def t_agents_explode(reason: str) -> str:
+    """Try something that fails."""
+    raise RuntimeError(f"t_agents: the disk is full ({reason})")
+
+
+fragile = Agent(
+    name="t_agents_fragile",
+    model="gpt-4.1-mini",
+    instructions="Try the tool; if it fails, say what went wrong.",
+    tools=[t_agents_explode],
+)
+
+plain = Agent(
+    name="t_agents_plain",
+    model="gpt-4.1-mini",
+    instructions="Answer the question in one line.",
+)
+
+noop_calls: list[str] = []
+
+
+@tool
+def t_agents_noop(note: str) -> str:
+    """Do nothing, successfully."""
+    noop_calls.append(note)
+    return "nothing done"
+
+
+one_step = Agent(
+    name="t_agents_one_step",
+    model="gpt-4.1-mini",
+    instructions="Call the tool, then answer.",
+    tools=[t_agents_noop],
+    max_steps=1,
+)
+
+
+@tool
+def t_agents_big_report(topic: str) -> str:
+    """Fetch the full report on a topic (it is long)."""
+    return "word " * 10_000
+
+
+thrifty = Agent(
+    name="t_agents_thrifty",
+    model="gpt-4.1-mini",
+    instructions="Fetch the report, then summarise it.",
+    tools=[t_agents_big_report],
+    max_cost_usd=0.002,
+)
+
+
+class LoopStart(Event, type="t_agents_loop.start"):
+    agent: str
+    input: str
+
+
+AGENTS = {a.name: a for a in (fan_out, strict, fragile, plain, one_step, thrifty)}
+
+
+@actor(on=LoopStart)
+def t_agents_loop_start(event: LoopStart, ctx: Context) -> Event:
+    return AGENTS[event.agent].start(ctx, event.input)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def start(worker: Worker, agent: Agent, text: str) -> str:
+    return worker.runtime.start_run(LoopStart(agent=agent.name, input=text)).run_id
+
+
+def steps_of(store: Store, run_id: str, actor: str) -> list[dict[str, Any]]:
+    return [s for s in run_detail(store, run_id)["steps"] if s["actor"] == actor]
+
+
+def completion(message: dict[str, Any], prompt_tokens: int = 20) -> dict[str, Any]:
+    """A chat.completion body as a provider sends it."""
+    return {
+        "id": f"chatcmpl-t-agents-{prompt_tokens}",
+        "object": "chat.completion",
+        "created": 1_735_689_600,
+        "model": "gpt-4.1-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, **message},
+                "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": 25},
+    }
+
+
+# -- fan out and join ------------------------------------------------------------------------
+
+
+def test_parallel_tool_calls_fan_out_and_the_next_model_call_sees_every_result_in_order(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given an agent with three tools that only return once all three are running, and then
+    # finish in the reverse of the order the model called them
+    worker = agent_worker(offline_model())
+
+    # When the model calls all three at once
+    run_id = start(worker, fan_out, "topic: durable agents")
+
+    # Then they ran as three concurrent steps, joined by one step
+    assert wait_for_run(store, run_id) == "succeeded"
+    assert len(steps_of(store, run_id, "baton.agent.tool_call")) == 3
+    assert len(steps_of(store, run_id, "baton.agent.tools_joined")) == 1
+    # And the second model call was sent one tool message per call, in the calls' order
+    first, second = recorded_model_calls(run_id)
+    calls = first["response"]["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == [t.name for t in fan_out.tools]
+    sent = second["request"]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "tool", "tool", "tool"]
+    assert [m["tool_call_id"] for m in sent[3:]] == [c["id"] for c in calls]
+    assert [m["content"] for m in sent[3:]] == [
+        "alpha from the archive",
+        "beta from the wiki",
+        "gamma from the cache",
+    ]
+    # And its answer reflects every result
+    (loop,) = run_detail(store, run_id)["agents"]
+    for result in ("alpha", "beta", "gamma"):
+        assert result in loop["output"]
+
+
+# -- the model's mistakes and the tools' failures go back to the model -----------------------
+
+
+def test_invalid_tool_arguments_are_answered_with_the_validation_error(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a cassette in which the model calls the tool with a word for a number, is told
+    # what was wrong, and answers
+    bad_call = {
+        "id": "call_t_agents_bad",
+        "type": "function",
+        "function": {"name": "t_agents_double", "arguments": '{"n": "many"}'},
+    }
+    with pytest.raises(ToolArgumentsInvalid) as invalid:
+        t_agents_double.validate('{"n": "many"}')
+    answer = f"error: invalid arguments for t_agents_double: {invalid.value}"
+    opening = [
+        {"role": "system", "content": strict.instructions},
+        {"role": "user", "content": "Double many."},
+    ]
+    assistant = {"role": "assistant", "content": None, "tool_calls": [bad_call]}
+    told = {"role": "tool", "tool_call_id": bad_call["id"], "content": answer}
+    cassette = Cassette()
+    cassette.record(strict.request(opening), completion({"tool_calls": [bad_call]}))
+    cassette.record(
+        strict.request([*opening, assistant, told]),
+        completion({"content": "I need a whole number to double."}, prompt_tokens=40),
+    )
+    model = offline_model(cassette=cassette)
+    worker = agent_worker(model)
+    doubled.clear()
+
+    # When the agent runs
+    run_id = start(worker, strict, "Double many.")
+
+    # Then the run succeeds: the model was asked again with the validation error as the
+    # tool's answer (the cassette matched both requests), and the tool never ran
+    assert wait_for_run(store, run_id) == "succeeded"
+    assert model.stats().cassette_position == 2
+    assert doubled == []
+    tool_message = conversation_of(store, run_id)[3]
+    assert tool_message["role"] == "tool"
+    assert tool_message["content"] == answer
+    assert "n: Input should be a valid integer" in answer
+    assert tool_calls_of(store, run_id) == []
+
+
+def test_a_tool_that_raises_answers_the_model_with_its_error(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given an agent whose only tool raises
+    worker = agent_worker(offline_model())
+
+    # When it runs
+    run_id = start(worker, fragile, "reason: testing")
+
+    # Then the run succeeds, the tool's step was not retried and its error was the answer
+    assert wait_for_run(store, run_id) == "succeeded"
+    (tool_step,) = steps_of(store, run_id, "baton.agent.tool_call")
+    assert tool_step["state"] == "succeeded" and tool_step["attempts"] == 1
+    expected = "error: RuntimeError: t_agents: the disk is full (testing)"
+    assert recorded_model_calls(run_id)[1]["request"]["messages"][-1]["content"] == expected
+    (call,) = tool_calls_of(store, run_id)
+    assert call["state"] == "done" and call["result"] == expected
+    (loop,) = run_detail(store, run_id)["agents"]
+    assert "the disk is full" in loop["output"]
+
+
+# -- provider errors --------------------------------------------------------------------------
+
+
+def test_a_500_and_a_429_with_retry_after_are_retried_by_the_client(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given a model that fails once with a 500, then rate-limits for 1 s, then answers
+    model = offline_model()
+    model.add_faults([{"status": 500}, {"status": 429, "retry_after": 1}])
+    worker = agent_worker(model)
+
+    # When an agent asks it
+    run_id = start(worker, plain, "What is Baton?")
+
+    # Then the openai client retried both inside one step attempt, and the run succeeded
+    assert wait_for_run(store, run_id) == "succeeded"
+    stats = model.stats()
+    assert stats.requests == 3
+    assert stats.by_status == {200: 1, 429: 1, 500: 1}
+    (step,) = steps_of(store, run_id, "baton.agent.model_call")
+    assert step["attempts"] == 1
+    (call,) = recorded_model_calls(run_id)
+    assert call["latency_ms"] >= 1000  # it waited as Retry-After said
+
+
+def test_a_permanent_400_fails_the_step_at_once_with_the_providers_message(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a model that refuses the next request as invalid
+    model = offline_model()
+    model.add_faults([{"status": 400, "message": "t_agents: 'temperature' must be <= 2"}])
+    worker = agent_worker(model)
+
+    # When an agent asks it
+    run_id = start(worker, plain, "What is Baton?")
+
+    # Then the run fails on the first attempt, with the provider's words, and no retry
+    assert wait_for_run(store, run_id) == "failed"
+    (step,) = steps_of(store, run_id, "baton.agent.model_call")
+    assert step["state"] == "failed" and step["attempts"] == 1
+    error = run_detail(store, run_id)["run"]["error"]
+    assert "ModelRefused" in error
+    assert "(400): t_agents: 'temperature' must be <= 2" in error
+    assert model.stats().requests == 1
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+
+def test_max_steps_stops_the_run_before_the_next_model_call(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given an agent allowed one model call, with a tool the model will call
+    model = offline_model()
+    worker = agent_worker(model)
+    noop_calls.clear()
+
+    # When it runs
+    run_id = start(worker, one_step, "note: hello")
+
+    # Then the tool ran, but the second model call was refused with the figures
+    assert wait_for_run(store, run_id) == "failed"
+    assert noop_calls == ["hello"]
+    error = run_detail(store, run_id)["run"]["error"]
+    assert "BudgetExceeded" in error and "budget exceeded" in error
+    assert "max_steps=1" in error
+    assert "so far 1 model call(s)" in error
+    # And no further request reached the model, nor was the refused step retried
+    assert model.stats().requests == 1
+    second = steps_of(store, run_id, "baton.agent.model_call")[1]
+    assert second["state"] == "failed" and second["attempts"] == 1
+
+
+def test_max_cost_stops_the_run_before_a_call_that_would_pass_it(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given an agent with a $0.002 budget whose tool returns a long report (~10k tokens)
+    model = offline_model()
+    worker = agent_worker(model)
+
+    # When it runs
+    run_id = start(worker, thrifty, "topic: costs")
+
+    # Then the first call was made, but the one that would read the report was refused
+    assert wait_for_run(store, run_id) == "failed"
+    error = run_detail(store, run_id)["run"]["error"]
+    assert "budget exceeded" in error
+    assert "max_cost_usd=$0.002;" in error
+    (first,) = recorded_model_calls(run_id)
+    assert f"${first['cost_usd']:.4f}" in error
+    assert "so far 1 model call(s)" in error
+    assert model.stats().requests == 1
+    run = run_detail(store, run_id)["run"]
+    assert run["model_calls"] == 1 and 0 < run["cost_usd"] < 0.002
