@@ -83,6 +83,7 @@ class Context:
         attempt_base: int = 0,
         traceparent: str,
         trace_id: str,
+        recorded_from: str | None = None,
     ) -> None:
         self.run_id = run_id
         self.step_id = step_id
@@ -93,6 +94,9 @@ class Context:
         # Stable across retries and in-place replays: the step's own id.
         self.idempotency_key = step_id
         self.attempt_base = attempt_base
+        # In a recorded fork: the parent run's step this one stands for. The built-in model
+        # and tool calls reuse its recorded answer when their request is unchanged.
+        self.recorded_from = recorded_from
         # Set while a tool runs on behalf of an agent (for its long-term memory).
         self.agent_name: str | None = None
         self.memory = Memory(runtime.store, run_id)

@@ -23,7 +23,7 @@ from typing import Any
 import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.common import compute_backoff
-from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
+from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
 
 from events import Event, EventError, parse_event
 from store import (
@@ -45,10 +45,12 @@ from store import (
     renew_leases,
 )
 from store import CreatedRun as _CreatedRun
+from workers import _metrics
 from workers._actor import Actor, find_actor, registered_actors, subscribers
 from workers._broker import Broker, DeadLetterUnknownActors
 from workers._context import Context
 from workers._errors import Wait
+from workers._tracing import note_step_outcome, observe_step, run_trace
 
 _logger = logging.getLogger("baton.worker")
 
@@ -89,6 +91,10 @@ class Runtime:
             heartbeat_timeout_ms=int(self.config.republish_after_seconds * 1000),
         )
         self.broker.add_middleware(DeadLetterUnknownActors(self._dead_letter))
+        # Added after AsyncIO, so on shutdown it runs first: async steps commit while the
+        # event loop still turns, after the consumers have stopped taking messages.
+        self.broker.add_middleware(_DrainAsyncSteps(self))
+        _metrics.watch_store(store)
         self._bound: dict[str, dramatiq.Actor[Any, Any]] = {}
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -159,13 +165,15 @@ class Runtime:
         self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None
     ) -> _CreatedRun:
         """Create a run triggered by ``event`` and hand its first steps to the broker."""
-        created = create_run(
-            self.store,
-            NewEvent(event.type, event.model_dump(mode="json")),
-            self.route,
-            dedupe_key=dedupe_key,
-            trace_id=trace_id,
-        )
+        with run_trace(event.type, trace_id) as (trace_id, root_span_id):
+            created = create_run(
+                self.store,
+                NewEvent(event.type, event.model_dump(mode="json")),
+                self.route,
+                dedupe_key=dedupe_key,
+                trace_id=trace_id,
+                root_span_id=root_span_id,
+            )
         self.publish(created.publish, confirm_now=True)
         return created
 
@@ -243,7 +251,8 @@ class Runtime:
         with self._in_flight_lock:
             self._in_flight.add(step.id)
         try:
-            publish = self._execute(registered, step)
+            with observe_step(step, registered.options.queue):
+                publish = self._execute(registered, step)
         except LeaseLost as error:
             _logger.warning("%s", error)
             publish = []
@@ -259,6 +268,7 @@ class Runtime:
             emitted, fan_out = _emitted(registered, result)
         except Wait as wait:
             park_step(self.store, step, self.owner, wait_names=wait.names, deadline=wait.deadline)
+            note_step_outcome("parked")
             return []
         except (Exception, TimeLimitExceeded) as error:
             return self._fail(registered, step, error)
@@ -274,6 +284,7 @@ class Runtime:
             attempt_base=step.attempt_base,
             traceparent=step.traceparent,
             trace_id=step.trace_id,
+            recorded_from=step.origin_step_id if step.recorded else None,
         )
 
     def _commit(
@@ -322,6 +333,11 @@ class Runtime:
         future.add_done_callback(finished)
 
     async def _execute_async(self, registered: Actor[Any], step: ClaimedStep) -> None:
+        # The step's span covers the coroutine, on the event loop, until its commit.
+        with observe_step(step, registered.options.queue):
+            await self._run_async(registered, step)
+
+    async def _run_async(self, registered: Actor[Any], step: ClaimedStep) -> None:
         context = self._context(step)
         limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
         try:
@@ -339,6 +355,7 @@ class Runtime:
                     wait_names=wait.names,
                     deadline=wait.deadline,
                 )
+                note_step_outcome("parked")
                 return
             except TimeoutError:
                 publish = await asyncio.to_thread(
@@ -350,6 +367,7 @@ class Runtime:
                 publish = await asyncio.to_thread(self._commit, step, context, emitted, fan_out)
         except LeaseLost as error:
             _logger.warning("%s", error)
+            note_step_outcome("lease_lost", error)
             return
         await asyncio.to_thread(self.publish, publish)
 
@@ -389,6 +407,7 @@ class Runtime:
             message,
             f"; retrying in {retry_in_ms} ms" if retry_in_ms is not None else "",
         )
+        note_step_outcome("failed" if retry_in_ms is None else "retrying", error)
         return fail_step(
             self.store,
             step,
@@ -402,6 +421,7 @@ class Runtime:
     # -- dead letters --------------------------------------------------------------------
 
     def _dead_letter(self, queue: str, raw: bytes, reason: str) -> None:
+        _metrics.dead_lettered(queue)
         try:
             record_dead_letter(self.store, queue=queue, raw=raw, reason=reason)
         except StoreError:
@@ -441,6 +461,9 @@ class Runtime:
         with self._in_flight_lock:
             held = list(self._in_flight)
         lost = renew_leases(self.store, self.owner, held, self.config.lease_seconds)
+        with self._in_flight_lock:
+            # A step that committed meanwhile released its lease: that is not a loss.
+            lost &= self._in_flight
         for step_id in lost:
             _logger.warning("lease of step %s was lost; its result will be dropped", step_id)
 
@@ -467,6 +490,14 @@ def _emitted(registered: Actor[Any], result: Any) -> tuple[list[NewEvent], bool]
         f"actor {registered.options.name} returned {type(result).__name__}; return an Event, "
         "a list of Events, or None"
     )
+
+
+class _DrainAsyncSteps(Middleware):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.runtime.drain(self.runtime.config.lease_seconds * 3)
 
 
 class _Housekeeper(threading.Thread):

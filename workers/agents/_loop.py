@@ -26,12 +26,14 @@ from store._agents import (
     read_window,
     record_response,
     record_tool_result,
-    recorded_response,
     run_totals,
     tool_intent,
 )
+from store._recorded import OWN, recorded_tool_result, reusable_response
+from workers import _metrics
 from workers._actor import actor
 from workers._context import Context
+from workers._tracing import agent_span, chat_span, tool_span
 from workers.agents._agent import HEAD_MESSAGES, Agent, agent_named
 from workers.agents._events import (
     AgentFinished,
@@ -68,6 +70,11 @@ class OutcomeUnknown(Exception):
 )
 async def model_call(event: ModelCallRequested, ctx: Context) -> Any:
     agent = agent_named(event.agent)
+    with agent_span(agent.name, agent.model, event.loop_id):
+        return await _model_call(agent, event, ctx)
+
+
+async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> Any:
     runtime = ctx._runtime
     config = runtime.config
     prices = prices_with(config.model_prices)
@@ -82,7 +89,7 @@ async def model_call(event: ModelCallRequested, ctx: Context) -> Any:
     request = agent.request(messages)
     await asyncio.to_thread(_check_budget, agent, ctx, event, request, prices)
     digest = request_hash(request)
-    response = await asyncio.to_thread(recorded_response, runtime.store, ctx.step_id, digest)
+    response = await _reusable(agent, event, ctx, request, digest, prices)
     if response is None:
         client = client_for(
             agent.base_url or config.model_base_url,
@@ -91,8 +98,11 @@ async def model_call(event: ModelCallRequested, ctx: Context) -> Any:
             max_retries=config.model_max_retries,
         )
         started = time.perf_counter()
-        response = await complete(client, request)
+        with chat_span(request, agent.base_url or config.model_base_url) as chat:
+            response = await complete(client, request)
+            chat.record(response)
         usage = usage_of(response, prices)
+        _metrics.model_used(agent.name, agent.model, usage)
         await asyncio.to_thread(
             record_response,
             runtime.store,
@@ -142,6 +152,42 @@ async def model_call(event: ModelCallRequested, ctx: Context) -> Any:
             for index, call in enumerate(calls)
         ]
     return _final(agent, event, ctx, reply.get("content") or "")
+
+
+async def _reusable(
+    agent: Agent,
+    event: ModelCallRequested,
+    ctx: Context,
+    request: dict[str, Any],
+    digest: str,
+    prices: Any,
+) -> dict[str, Any] | None:
+    """A response to use without asking the model (DESIGN.md invariant 7): this step's own
+    from an earlier attempt, an operator's edited one, or in a recorded fork the parent's for
+    the same request. The last two are kept as this step's record, so a retry reuses them."""
+    store = ctx._runtime.store
+    reused = await asyncio.to_thread(
+        reusable_response, store, ctx.step_id, digest, ctx.recorded_from
+    )
+    if reused is None:
+        return None
+    if reused.source != OWN:
+        await asyncio.to_thread(
+            record_response,
+            store,
+            step_id=ctx.step_id,
+            run_id=ctx.run_id,
+            loop_id=event.loop_id,
+            agent=agent.name,
+            model=agent.model,
+            request_hash=digest,
+            request=request,
+            response=reused.response,
+            usage=usage_of(reused.response, prices),
+            latency_ms=0.0,
+            attempt=ctx.attempt,
+        )
+    return reused.response
 
 
 def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) -> Any:
@@ -231,7 +277,7 @@ def _check_budget(
         if totals.cost_usd + next_cost > policy.max_cost_usd:
             raise BudgetExceeded(
                 f"budget exceeded: the next call (~${next_cost:.4f}) would pass "
-                f"max_cost_usd=${policy.max_cost_usd:.2f}; {spent}"
+                f"max_cost_usd=${policy.max_cost_usd:g}; {spent}"
             )
 
 
@@ -267,6 +313,10 @@ async def _call_once(
     target: Tool, arguments: dict[str, Any], event: ToolCallRequested, ctx: Context
 ) -> str:
     """Call a tool with its intent recorded first (DESIGN.md invariant 6)."""
+    if ctx.recorded_from is not None:
+        served = await _recorded_result(target, event, ctx)
+        if served is not None:
+            return served
     earlier = await asyncio.to_thread(
         tool_intent,
         ctx._runtime.store,
@@ -287,10 +337,39 @@ async def _call_once(
         )
     ctx.agent_name = event.agent
     try:
-        result = await target.invoke(arguments, ctx)
+        with tool_span(target.name, event.call_id, event.arguments) as span:
+            result = await target.invoke(arguments, ctx)
+            span.record(result)
     except Exception as error:
         # The model gets the failure as the tool's answer and may try something else.
         result = f"error: {type(error).__name__}: {error}"
+    content = _render(result)
+    ctx.defer_write(lambda c: record_tool_result(c, ctx.step_id, content))
+    return content
+
+
+async def _recorded_result(target: Tool, event: ToolCallRequested, ctx: Context) -> str | None:
+    """In a recorded fork: the parent's result for the same tool and arguments at this
+    position, kept as this step's own; the tool is not called."""
+    store = ctx._runtime.store
+    arguments = json.loads(event.arguments or "{}")
+    assert ctx.recorded_from is not None
+    result = await asyncio.to_thread(
+        recorded_tool_result, store, ctx.recorded_from, target.name, arguments
+    )
+    if result is None:
+        return None
+    await asyncio.to_thread(
+        tool_intent,
+        store,
+        step_id=ctx.step_id,
+        run_id=ctx.run_id,
+        loop_id=event.loop_id,
+        call_id=event.call_id,
+        tool=target.name,
+        arguments=arguments,
+        attempt=ctx.attempt,
+    )
     content = _render(result)
     ctx.defer_write(lambda c: record_tool_result(c, ctx.step_id, content))
     return content
