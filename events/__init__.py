@@ -11,6 +11,7 @@ from events._event import (
 from events.builtin import (
     RunCanceled,
     RunFailed,
+    RunForked,
     RunReplayed,
     RunSucceeded,
     Signal,
@@ -29,6 +30,7 @@ __all__ = [
     # built-in events
     "RunCanceled",
     "RunFailed",
+    "RunForked",
     "RunReplayed",
     "RunSucceeded",
     "Signal",

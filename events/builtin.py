@@ -26,6 +26,9 @@ class RunCanceled(Event, type="baton.run.canceled"):
     """Appended when an operator cancels a run."""
 
     reason: str
+    # The operation that did it (`operations` table) and who asked.
+    operation: str | None = None
+    by: str | None = None
 
 
 class RunReplayed(Event, type="baton.run.replayed"):
@@ -33,6 +36,20 @@ class RunReplayed(Event, type="baton.run.replayed"):
 
     reason: str
     steps: list[str]
+    operation: str | None = None
+    by: str | None = None
+
+
+class RunForked(Event, type="baton.run.forked"):
+    """The first entry of a fork: the run and step it re-executes from, and why."""
+
+    reason: str
+    parent_run_id: str
+    from_step_id: str
+    recorded: bool = False
+    edited: bool = False
+    operation: str | None = None
+    by: str | None = None
 
 
 class Signal(Event, type="baton.signal"):

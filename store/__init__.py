@@ -1,8 +1,25 @@
 """The system of record: tables, engine, and the unit-of-work functions of the step protocol."""
 
+from store._dead_letter_actions import (
+    ReplayOutcome,
+    discard_dead_letters,
+    plan_dead_letter_replay,
+    replay_dead_letters,
+    requeue_dead_letter,
+)
+from store._dead_letter_detail import dead_letter_detail
+from store._dead_letters import (
+    DeadLetterFilter,
+    DeadLetterItem,
+    dead_letter_groups,
+    dead_letter_items,
+)
+from store._diff import RunDiff, diff_runs, divergence
 from store._effects import effects_of_run, record_effect
 from store._engine import Store
 from store._errors import InvalidState, LeaseLost, NotFound, StoreError, StoreUnavailable
+from store._fork import Forked, fork_run
+from store._history import resolve_step_id, step_input
 from store._ids import derive_id
 from store._maintenance import (
     Suspect,
@@ -25,6 +42,29 @@ from store._model import (
     Router,
     StoredEvent,
 )
+from store._operations import (
+    BULK_CANCEL,
+    BULK_REPLAY,
+    CANCEL,
+    FORK,
+    OPERATION_FAILED,
+    OPERATION_INTERRUPTED,
+    OPERATION_PARTIAL,
+    OPERATION_RUNNING,
+    OPERATION_SUCCEEDED,
+    REPLAY,
+    Operator,
+    RunSelection,
+    add_to_outcome,
+    close_operation,
+    count_runs,
+    describe_runs,
+    list_operations,
+    open_operation,
+    operation_detail,
+    select_runs,
+    statuses_of,
+)
 from store._queries import (
     RunFilter,
     conversation_of,
@@ -36,6 +76,16 @@ from store._queries import (
     run_detail,
     run_status,
     tool_calls_of,
+)
+from store._reports import (
+    LABELS,
+    ExportFilter,
+    LoopRecord,
+    agent_stats,
+    label_of,
+    label_run,
+    loops_for_export,
+    model_exchanges,
 )
 from store._runs import cancel_run, create_run, fire_due_timers, replay_failed_steps, send_signal
 from store._steps import (
@@ -75,6 +125,36 @@ __all__ = [
     "fire_due_timers",
     "cancel_run",
     "replay_failed_steps",
+    "Forked",
+    "fork_run",
+    "resolve_step_id",
+    "step_input",
+    # operations: what operators did, and the runs they act on in bulk
+    "Operator",
+    "REPLAY",
+    "FORK",
+    "CANCEL",
+    "BULK_REPLAY",
+    "BULK_CANCEL",
+    "OPERATION_RUNNING",
+    "OPERATION_SUCCEEDED",
+    "OPERATION_PARTIAL",
+    "OPERATION_FAILED",
+    "OPERATION_INTERRUPTED",
+    "open_operation",
+    "close_operation",
+    "add_to_outcome",
+    "operation_detail",
+    "list_operations",
+    "RunSelection",
+    "select_runs",
+    "count_runs",
+    "describe_runs",
+    "statuses_of",
+    # comparing runs
+    "RunDiff",
+    "diff_runs",
+    "divergence",
     # the step protocol
     "claim_step",
     "commit_step",
@@ -104,4 +184,24 @@ __all__ = [
     "record_actors",
     "modules_for_event_type",
     "known_modules",
+    # the dead-letter list
+    "DeadLetterFilter",
+    "DeadLetterItem",
+    "ReplayOutcome",
+    "dead_letter_groups",
+    "dead_letter_items",
+    "dead_letter_detail",
+    "plan_dead_letter_replay",
+    "replay_dead_letters",
+    "requeue_dead_letter",
+    "discard_dead_letters",
+    # runs as data
+    "LABELS",
+    "ExportFilter",
+    "LoopRecord",
+    "label_run",
+    "label_of",
+    "loops_for_export",
+    "model_exchanges",
+    "agent_stats",
 ]

@@ -43,6 +43,7 @@ class Run(RunBase, table=True):
     __table_args__ = (
         Index("ix_runs_status_created", "status", "created_at"),
         Index("ix_runs_created", "created_at"),
+        Index("ix_runs_agent_created", "agent", "created_at"),
         UniqueConstraint("dedupe_key", name="uq_runs_dedupe_key"),
     )
 
@@ -96,6 +97,10 @@ class Step(SQLModel, table=True):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    # An operator took this failure off the dead-letter list; a later failure shows again.
+    discarded_at: float | None = None
+    # In a fork: the parent run's step at the same causal position (its recordings are reused).
+    origin_step_id: str | None = Field(default=None, max_length=40)
 
 
 class StepAttempt(SQLModel, table=True):
@@ -172,7 +177,10 @@ class Memory(SQLModel, table=True):
 
 class DeadLetter(SQLModel, table=True):
     __tablename__ = "dead_letters"
-    __table_args__ = (Index("ix_dead_letters_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_dead_letters_created", "created_at"),
+        Index("ix_dead_letters_discarded_created", "discarded_at", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     queue: str = Field(max_length=100)
@@ -182,6 +190,8 @@ class DeadLetter(SQLModel, table=True):
     run_id: str | None = Field(default=None, max_length=40)
     step_id: str | None = Field(default=None, max_length=40)
     created_at: float
+    # Taken off the dead-letter list (discarded or re-published); the row stays.
+    discarded_at: float | None = None
 
 
 class Delivery(SQLModel, table=True):
