@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, select, update
 
+from store import _hot as hot
 from store import _ids
 from store._model import (
     RUN_CANCELED,
@@ -16,7 +17,6 @@ from store._model import (
     RUN_SUCCEEDED,
     RUN_WAITING,
     STEP_COLLECTING,
-    STEP_OPEN,
     STEP_PENDING,
     STEP_RUNNING,
     STEP_WAITING,
@@ -24,7 +24,7 @@ from store._model import (
     Publish,
     Router,
 )
-from store._tables import events, join_arrivals, outbox, runs, steps
+from store._tables import events, join_arrivals, runs, steps
 
 
 def insert_on_conflict_ignore(connection: Connection, table: Any) -> Any:
@@ -60,10 +60,8 @@ def lock_run(connection: Connection, run_id: str) -> Any:
     Without the lock two concurrent last steps could each see the other still open and
     neither would finish the run. SQLite's BEGIN IMMEDIATE already serialises writers.
     """
-    query = select(runs.c.status, runs.c.trace_id).where(runs.c.id == run_id)
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return connection.execute(query).first()
+    statement = hot.RUN_LOCK if connection.dialect.name == "postgresql" else hot.RUN_READ
+    return statement.run(connection, {"id": run_id}).first()
 
 
 def append_events(
@@ -150,9 +148,19 @@ def append_events(
             )
             plain.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
     if event_rows:
-        connection.execute(insert_on_conflict_ignore(connection, events), event_rows)
+        hot.EVENTS_INSERT.run(
+            connection,
+            [
+                {
+                    **row,
+                    "data": hot.json_in(connection, row["data"]),
+                    "groups": hot.json_in(connection, row["groups"]),
+                }
+                for row in event_rows
+            ],
+        )
     if step_rows:
-        connection.execute(insert_on_conflict_ignore(connection, steps), step_rows)
+        hot.STEPS_INSERT.run(connection, step_rows)
     # A join that became ready wrote its own outbox row in _arrive_at_join.
     add_to_outbox(connection, plain, now)
     return [*plain, *ready_joins]
@@ -282,8 +290,8 @@ def _arrive_at_join(
 def add_to_outbox(connection: Connection, publish: Sequence[Publish], now: float) -> None:
     if not publish:
         return
-    connection.execute(
-        insert(outbox),
+    hot.OUTBOX_INSERT.run(
+        connection,
         [
             {
                 "message_id": p.message_id,
@@ -308,13 +316,9 @@ def settle_run(connection: Connection, run_id: str, status: str, now: float) -> 
     """
     if status in RUN_FINISHED:
         return status
-    counts: dict[str, int] = dict(
-        connection.execute(
-            select(steps.c.state, func.count())
-            .where(steps.c.run_id == run_id, steps.c.state.in_(STEP_OPEN))
-            .group_by(steps.c.state)
-        ).all()
-    )
+    counts: dict[str, int] = {
+        row.state: row.n for row in hot.OPEN_STEPS.run(connection, {"run_id": run_id})
+    }
     error = None
     if counts.get(STEP_PENDING) or counts.get(STEP_RUNNING):
         new_status = RUN_RUNNING

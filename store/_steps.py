@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, insert, select, update
 
+from store import _hot as hot
 from store import _ids
 from store._appending import (
     add_to_outbox,
@@ -60,19 +61,18 @@ def claim_step(
         # Read the clock once the write lock is ours: a claim that waited for it must not be
         # granted a lease that has already run out.
         now = time.time() if now is None else now
-        row = connection.execute(select(steps).where(steps.c.id == step_id)).first()
+        row = hot.CLAIM_READ.run(connection, {"id": step_id}).first()
         if row is None:
             return Claim("missing", detail=f"no step {step_id!r} in the store")
-        run = connection.execute(
-            select(runs.c.status, runs.c.trace_id, runs.c.recorded).where(runs.c.id == row.run_id)
-        ).one()
-        if run.status == RUN_CANCELED:
+        run = row
+        run_status = row.run_status
+        if run_status == RUN_CANCELED:
             if row.state not in (STEP_SUCCEEDED, STEP_FAILED, STEP_CANCELED):
                 _cancel_step(connection, step_id, now)
             return Claim("canceled", detail="the run was canceled")
         if row.state == STEP_SUCCEEDED:
             return Claim("succeeded", republish=_pending_children(connection, step_id))
-        if run.status == RUN_FAILED and row.state == STEP_PENDING:
+        if run_status == RUN_FAILED and row.state == STEP_PENDING:
             # A failed run stops where it is: its pending steps wait for an operator's replay,
             # which sends them again. No more model calls or side effects until then.
             return Claim("halted", detail="the run failed; `baton replay` continues it")
@@ -82,23 +82,9 @@ def claim_step(
             return Claim("finished", detail=f"step is {row.state}")
         if row.state == STEP_PENDING and row.available_at > now + _EARLY_TOLERANCE_SECONDS:
             return Claim("early", available_in_ms=int((row.available_at - now) * 1000))
-        taken = connection.execute(
-            update(steps)
-            .where(
-                steps.c.id == step_id,
-                or_(
-                    steps.c.state == STEP_PENDING,
-                    and_(steps.c.state == STEP_RUNNING, steps.c.lease_expires_at < now),
-                ),
-            )
-            .values(
-                state=STEP_RUNNING,
-                lease_owner=owner,
-                lease_expires_at=now + lease_seconds,
-                attempts=steps.c.attempts + 1,
-                started_at=now,
-                finished_at=None,
-            )
+        taken = hot.CLAIM_TAKE.run(
+            connection,
+            {"id": step_id, "owner": owner, "expires": now + lease_seconds, "now": now},
         )
         if taken.rowcount != 1:
             return Claim("busy", detail="another delivery claimed it first")
@@ -119,12 +105,24 @@ def claim_step(
                 )
             )
         attempt = row.attempts + 1
-        connection.execute(
-            insert(step_attempts).values(
-                step_id=step_id, attempt=attempt, run_id=row.run_id, worker=owner, started_at=now
-            )
+        hot.ATTEMPT_START.run(
+            connection,
+            {
+                "step_id": step_id,
+                "attempt": attempt,
+                "run_id": row.run_id,
+                "worker": owner,
+                "started_at": now,
+            },
         )
-        event = _load_event(connection, row.event_id)
+        event = StoredEvent(
+            row.event_id,
+            row.run_id,
+            row.event_type,
+            hot.json_out(row.event_data),
+            hot.json_out(row.event_groups),
+            row.event_position,
+        )
         arrivals = _load_arrivals(connection, step_id) if row.join_expected is not None else [event]
         return Claim(
             "claimed",
@@ -168,8 +166,27 @@ def commit_step(
     with store.transaction() as connection:
         run = lock_run(connection, step.run_id)
         canceled = run.status == RUN_CANCELED
-        _finish_step(connection, step, owner, STEP_CANCELED if canceled else STEP_SUCCEEDED, now)
-        _end_attempt(connection, step, "canceled" if canceled else "succeeded", now)
+        finished = hot.STEP_FINISH.run(
+            connection,
+            {
+                "state": STEP_CANCELED if canceled else STEP_SUCCEEDED,
+                "now": now,
+                "id": step.id,
+                "owner": owner,
+                "attempt": step.attempt,
+            },
+        )
+        if finished.rowcount != 1:
+            raise _lease_lost(step, owner)
+        hot.ATTEMPT_END.run(
+            connection,
+            {
+                "now": now,
+                "outcome": "canceled" if canceled else "succeeded",
+                "id": step.id,
+                "attempt": step.attempt,
+            },
+        )
         if canceled:
             return []
         groups = list(step.event.groups)
@@ -383,10 +400,14 @@ def _release_step(connection: Connection, step: ClaimedStep, owner: str, **value
         .values(lease_owner=None, lease_expires_at=None, **values)
     )
     if done.rowcount != 1:
-        raise LeaseLost(
-            f"step {step.id} ({step.actor}) is no longer held by {owner}: its lease expired and "
-            "another worker took it, or the run was replayed; this attempt's result is dropped"
-        )
+        raise _lease_lost(step, owner)
+
+
+def _lease_lost(step: ClaimedStep, owner: str) -> LeaseLost:
+    return LeaseLost(
+        f"step {step.id} ({step.actor}) is no longer held by {owner}: its lease expired and "
+        "another worker took it, or the run was replayed; this attempt's result is dropped"
+    )
 
 
 def _end_attempt(
