@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -52,8 +54,11 @@ class Children:
         while not stop.wait(0.5):
             for index, process in enumerate(self.processes):
                 if process.poll() is not None:
-                    _logger.warning("%s exited with %s; starting it again",
-                                    " ".join(self.commands[index]), process.returncode)
+                    _logger.warning(
+                        "%s exited with %s; starting it again",
+                        " ".join(self.commands[index]),
+                        process.returncode,
+                    )
                     self.processes[index] = subprocess.Popen(self.commands[index])
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -75,23 +80,43 @@ def baton_command(*arguments: str) -> list[str]:
 def run_worker_processes(modules: list[str], processes: int, threads: int) -> None:
     stop = _stop_on_signals()
     children = Children(
-        [baton_command("worker", "-p", "1", "-t", str(threads), *modules)
-         for _ in range(processes)]
+        [baton_command("worker", "-p", "1", "-t", str(threads), *modules) for _ in range(processes)]
     )
     children.start()
     children.supervise(stop)
     children.stop()
 
 
-def run_stack(parts: Stack, modules: list[str], *, processes: int, threads: int,
-              port: int) -> None:
-    """`baton up`: the embedded Valkey is already running; start workers in children."""
+def run_stack(parts: Stack, modules: list[str], *, processes: int, threads: int, port: int) -> None:
+    """`baton up`: the embedded Valkey is already running; start workers and the gateway in
+    children."""
     stop = _stop_on_signals()
-    commands = [baton_command("worker", "-p", "1", "-t", str(threads), *modules)
-                for _ in range(processes)]
+    token, where = api_token(parts)
+    # The children read it through their settings, like every other BATON_ variable.
+    os.environ["BATON_API_TOKEN"] = token
+    commands = [
+        baton_command("worker", "-p", "1", "-t", str(threads), *modules) for _ in range(processes)
+    ]
+    commands.append(baton_command("serve", "--port", str(port), *modules))
     children = Children(commands)
     children.start()
-    print(f"baton is up: {processes} worker process(es); Ctrl-C stops it", file=sys.stderr,
-          flush=True)
+    print(
+        f"baton is up: {processes} worker process(es), the gateway on http://127.0.0.1:{port} "
+        f"(API token {where}: {token}); Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
     children.supervise(stop)
     children.stop()
+
+
+def api_token(parts: Stack) -> tuple[str, str]:
+    """BATON_API_TOKEN, else the token kept in BATON_HOME (made on first use), and where it is."""
+    if parts.settings.api_token is not None:
+        return parts.settings.api_token.get_secret_value(), "from BATON_API_TOKEN"
+    path = parts.settings.home / "api-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip(), f"in {path}"

@@ -25,9 +25,7 @@ from store import (
     NotFound,
     RunFilter,
     StoreUnavailable,
-    cancel_run,
     list_runs,
-    replay_failed_steps,
     resolve_run_id,
     run_detail,
     run_status,
@@ -231,6 +229,19 @@ def runs_show(
         _print_run(parts, resolve_run_id(parts.store, run_id), as_json)
 
 
+@runs_app.command("diff")
+def runs_diff(
+    run_a: Annotated[str, typer.Argument(help="Run id or a unique prefix (A).")],
+    run_b: Annotated[str, typer.Argument(help="Run id or a unique prefix (B), e.g. a fork of A.")],
+    changed: Annotated[bool, typer.Option("--changed", help="Only the steps that differ.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Two runs step by step: inputs, outputs, tool choices, tokens, cost, latency."""
+    from baton import _ops_views
+
+    _ops_views.show_diff(stack(), run_a, run_b, changed_only=changed, as_json=as_json)
+
+
 @runs_app.command("trace")
 def runs_trace(run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")]) -> None:
     """Draw a run's step tree with durations, from the store."""
@@ -239,44 +250,114 @@ def runs_trace(run_id: Annotated[str, typer.Argument(help="Run id or a unique pr
         out.print(_render.step_tree(run_detail(parts.store, resolve_run_id(parts.store, run_id))))
 
 
+ReasonOption = Annotated[str | None, typer.Option(help="Why (required): kept with the operation")]
+SinceOption = Annotated[str | None, typer.Option(help="Bulk: only runs created since, e.g. 2h.")]
+LimitOption = Annotated[int | None, typer.Option(min=1, help="Bulk: at most this many runs.")]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Bulk: count and show a sample; change nothing.")
+]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Bulk: act (else --dry-run).")]
+
+
 @app.command()
 def replay(
-    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
-    reason: Annotated[str, typer.Option(help="Why: kept with the run.")],
-    step: Annotated[str | None, typer.Option(help="Only this failed step.")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait until the run finishes.")] = False,
-    timeout: Annotated[float, typer.Option()] = 300.0,
+    run_id: Annotated[
+        str | None,
+        typer.Argument(help="Run id or a unique prefix; omit it to select runs with --status."),
+    ] = None,
+    reason: ReasonOption = None,
+    step: Annotated[str | None, typer.Option(help="In place: only this failed step.")] = None,
+    from_step: Annotated[
+        str | None, typer.Option("--from", help="Fork: a new run that re-executes from this step.")
+    ] = None,
+    edit: Annotated[
+        str | None, typer.Option(help="Fork: a JSON object merged into the step's input event.")
+    ] = None,
+    edit_output: Annotated[
+        str | None,
+        typer.Option(
+            "--edit-output",
+            help="Fork from a model call: a JSON object merged into its recorded message, "
+            "used instead of asking the model.",
+        ),
+    ] = None,
+    recorded: Annotated[
+        bool,
+        typer.Option(
+            "--recorded",
+            help="Fork: reuse the parent's model and tool answers wherever the request is "
+            "unchanged, and report where the runs diverge.",
+        ),
+    ] = False,
+    status: Annotated[str | None, typer.Option(help="Bulk: runs with this status: failed.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Bulk: only this agent's runs.")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Bulk: only runs whose failed step is this actor's.")
+    ] = None,
+    error: Annotated[
+        str | None, typer.Option(help="Bulk: only runs whose failed step raised this error type.")
+    ] = None,
+    since: SinceOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
+    wait: Annotated[
+        bool | None,
+        typer.Option("--wait/--no-wait", help="Wait until the run finishes (default: --recorded)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-run the failed steps of a failed run in place; succeeded steps are not re-run."""
-    _require_reason(reason)
-    parts = stack()
-    with clean_errors():
-        parts.check_reachable()
-        full_id = resolve_run_id(parts.store, run_id)
-        publish = replay_failed_steps(parts.store, full_id, step_id=step, reason=reason)
-        parts.runtime.publish(publish, confirm_now=True)
-        err.print(f"replaying {len(publish)} step(s) of run {full_id}")
-        if wait:
-            _wait_for(parts, full_id, timeout)
-        _print_run(parts, full_id, as_json, brief=not wait)
-        status = run_status(parts.store, full_id)
-    if wait and status != "succeeded":
-        raise typer.Exit(EXIT_FAILED)
+    """Replay runs: in place (failed steps re-run; succeeded steps never), as a new run forked
+    from a step (--from; --recorded reuses recorded answers), or many at once (--status failed)."""
+    from baton import _ops
+
+    _ops.replay_command(
+        run_id=run_id,
+        reason=reason,
+        step=step,
+        from_step=from_step,
+        edit=edit,
+        edit_output=edit_output,
+        recorded=recorded,
+        selection=_ops.SelectionOptions(status, agent, actor, error, since, limit, dry_run, yes),
+        wait=wait,
+        timeout=timeout,
+        as_json=as_json,
+    )
 
 
 @app.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
-    reason: Annotated[str, typer.Option(help="Why: kept with the run.")],
+    run_id: Annotated[
+        str | None,
+        typer.Argument(help="Run id or a unique prefix; omit it to select runs with --status."),
+    ] = None,
+    reason: ReasonOption = None,
+    status: Annotated[
+        str | None, typer.Option(help="Bulk: the runs with this status (running or waiting).")
+    ] = None,
+    agent: Annotated[str | None, typer.Option(help="Bulk: only this agent's runs.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Bulk: runs with this actor's steps.")] = None,
+    error: Annotated[
+        str | None, typer.Option(help="Bulk: only runs with a step whose last error is this type.")
+    ] = None,
+    since: SinceOption = None,
+    limit: LimitOption = None,
+    dry_run: DryRunOption = False,
+    yes: YesOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Cancel a live run: nothing pending runs; nothing in flight is committed after this."""
-    _require_reason(reason)
-    parts = stack()
-    with clean_errors():
-        full_id = resolve_run_id(parts.store, run_id)
-        cancel_run(parts.store, full_id, reason)
-    out.print(f"run {full_id} canceled")
+    """Cancel a live run, or many (--status running|waiting): nothing pending runs; nothing in
+    flight is committed after this."""
+    from baton import _ops
+
+    _ops.cancel_command(
+        run_id=run_id,
+        reason=reason,
+        selection=_ops.SelectionOptions(status, agent, actor, error, since, limit, dry_run, yes),
+        as_json=as_json,
+    )
 
 
 @app.command()
@@ -339,6 +420,38 @@ def worker(
 
 
 @app.command()
+def serve(
+    modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """The gateway: webhooks, the run API, health and metrics over HTTP."""
+    from gateway import GatewayConfig, create_app
+    from gateway import serve as serve_gateway
+
+    parts = stack()
+    with clean_errors():
+        parts.load_modules(modules or [])
+        parts.check_reachable()
+        settings = parts.settings
+        try:
+            gateway = create_app(
+                parts.runtime,
+                GatewayConfig(
+                    api_token=settings.api_token,
+                    github_secrets=settings.github_webhook_secrets,
+                    standard_secrets=settings.standard_webhook_secrets,
+                    webhook_max_bytes=settings.webhook_max_bytes,
+                ),
+            )
+        except ValueError as error:
+            fail(str(error), EXIT_USAGE)
+    if settings.api_token is None:
+        err.print("[yellow]note:[/yellow] BATON_API_TOKEN is not set: the run API answers 401")
+    serve_gateway(gateway, host, port)
+
+
+@app.command()
 def up(
     modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
     port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
@@ -374,6 +487,14 @@ model_app = typer.Typer(no_args_is_help=True, help="Baton's offline model.")
 docs_app = typer.Typer(no_args_is_help=True, help="Documents agents can search.")
 app.add_typer(model_app, name="model")
 app.add_typer(docs_app, name="docs")
+
+# -- dead letters; runs as data (label, export, stats) ---------------------------------------
+# Imported here, not at the top: those modules use the helpers defined above.
+from baton._data_cli import data_app  # noqa: E402
+from baton._dlq_cli import dlq_app  # noqa: E402
+
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(data_app)
 
 
 @model_app.command("serve")
@@ -430,3 +551,9 @@ def _document_files(paths: list[Path]) -> list[Path]:
         elif path.suffix in suffixes:
             found.append(path)
     return found
+
+
+# -- operations: what operators did ------------------------------------------------------------
+from baton._ops_views import operations_app  # noqa: E402
+
+app.add_typer(operations_app, name="operations")

@@ -1,0 +1,178 @@
+"""The gateway's writing thread: commits runs in batches, hands their messages to the
+sender, and confirms the ones Redis took with its next commit (or on its own when idle).
+
+A request is answered once its run has committed; its messages are sent a moment later. If
+the process dies in between, the outbox rows are still in the store and the workers' relay
+sends them: nothing is lost, only delayed by the relay's interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway._batch import RunRequest, create_runs
+from gateway._sender import Sender
+from store import CreatedRun, Publish, StoreError, confirm_published, create_run
+from workers import Runtime
+
+_logger = logging.getLogger("baton.gateway")
+MAX_BATCH = 256
+# Outbox rows deleted per statement: well under SQLite's limit on bound parameters.
+MAX_CONFIRM = 1000
+# With nothing more to commit, sent messages are confirmed on their own after this long.
+CONFIRM_IDLE_SECONDS = 0.05
+
+
+class Committer(threading.Thread):
+    """Creates the gateway's runs, a batch per transaction, and has their messages sent."""
+
+    def __init__(self, runtime: Runtime, write_lock: threading.Lock | None) -> None:
+        super().__init__(name="baton-gateway-committer", daemon=True)
+        self.runtime = runtime
+        self._write_lock = write_lock
+        self._queue: queue.SimpleQueue[RunRequest | None] = queue.SimpleQueue()
+        # Message ids Redis has taken whose outbox rows are not deleted yet.
+        self._sent: list[str] = []
+        self._sent_lock = threading.Lock()
+        self.sender = Sender(runtime, self._note_sent)
+
+    def start(self) -> None:
+        self.sender.start()
+        super().start()
+
+    def submit(self, request: RunRequest) -> Future[CreatedRun]:
+        self._queue.put(request)
+        return request.answer
+
+    def publish(self, messages: list[Publish]) -> None:
+        """Send messages another transaction committed (a replay, a signal)."""
+        self.sender.submit(list(messages))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Commit and send what is queued, then stop."""
+        if self.is_alive():
+            self._queue.put(None)
+            self.join(timeout)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        with self._write_lock:
+            yield
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                job = self._queue.get(timeout=CONFIRM_IDLE_SECONDS)
+            except queue.Empty:
+                self._confirm()
+                continue
+            requests: list[RunRequest] = []
+            while True:
+                if job is None:
+                    stopping = True
+                else:
+                    requests.append(job)
+                if len(requests) >= MAX_BATCH:
+                    break
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if requests:
+                self.sender.submit(self._commit(requests))
+        self.sender.stop()
+        self._confirm()
+
+    def _commit(self, requests: list[RunRequest]) -> list[Publish]:
+        created: list[CreatedRun | BaseException]
+        confirmed = self._take_sent()
+        try:
+            with self.writing():
+                created = list[CreatedRun | BaseException](
+                    create_runs(
+                        self.runtime.store, requests, self.runtime.route, published=confirmed
+                    )
+                )
+        except IntegrityError:
+            self._note_sent(confirmed)
+            # Another process committed one of the keys since our query: one by one, each
+            # request then finds its run or makes it.
+            created = [self._one(request) for request in requests]
+        except Exception as error:
+            self._note_sent(confirmed)
+            _logger.warning("could not create %d run(s): %s", len(requests), error)
+            created = [error] * len(requests)
+        messages: list[Publish] = []
+        for request, answer in zip(requests, created, strict=True):
+            if isinstance(answer, BaseException):
+                _settle(request.answer, error=answer)
+            else:
+                messages += answer.publish
+                _settle(request.answer, result=answer)
+        return messages
+
+    def _one(self, request: RunRequest) -> CreatedRun | BaseException:
+        for _ in range(2):
+            try:
+                with self.writing():
+                    return create_run(
+                        self.runtime.store,
+                        request.trigger,
+                        self.runtime.route,
+                        dedupe_key=request.dedupe_key,
+                        trace_id=request.trace_id,
+                        root_span_id=request.root_span_id,
+                    )
+            except IntegrityError:
+                # The same race on this key alone: the second look finds the run.
+                continue
+            except Exception as error:
+                return error
+        return RuntimeError(f"could not create or find the run for {request.dedupe_key!r}")
+
+    def _note_sent(self, message_ids: list[str]) -> None:
+        with self._sent_lock:
+            self._sent += message_ids
+
+    def _take_sent(self) -> list[str]:
+        with self._sent_lock:
+            taken, self._sent = self._sent[:MAX_CONFIRM], self._sent[MAX_CONFIRM:]
+        return taken
+
+    def _confirm(self) -> None:
+        while confirmed := self._take_sent():
+            try:
+                with self.writing():
+                    confirm_published(self.runtime.store, confirmed)
+            except StoreError as error:
+                # The relay re-sends them: a duplicate message is harmless, a lost one is not.
+                _logger.warning(
+                    "could not confirm %d published message(s): %s", len(confirmed), error
+                )
+                return
+
+
+def _settle(
+    future: Future[CreatedRun],
+    *,
+    result: CreatedRun | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)

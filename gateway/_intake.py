@@ -1,0 +1,138 @@
+"""Starting runs from the gateway: group-committed, then published, by one thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+
+from events import Event
+from gateway._batch import RunRequest
+from gateway._committer import Committer
+from gateway._errors import ApiError
+from gateway._events import trigger_event
+from gateway._records import record_ignored
+from gateway.sources import Delivery
+from store import CreatedRun, NewEvent, Publish, modules_for_event_type
+from workers import Runtime, WorkerError, import_modules
+from workers._tracing import run_trace
+
+_logger = logging.getLogger("baton.gateway")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["accepted", "duplicate", "ignored"]
+    run_id: str | None
+
+
+class Intake:
+    """The gateway's writes to the store and the messages that follow them."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self._import_lock = threading.Lock()
+        # SQLite has one writer at a time; waiting on a lock here is fair and immediate,
+        # where SQLite's own busy handler sleeps for milliseconds between tries.
+        self.committer = Committer(
+            runtime, threading.Lock() if self.store.dialect == "sqlite" else None
+        )
+
+    def start(self) -> None:
+        self.committer.start()
+
+    def stop(self) -> None:
+        # Runs queued are created and their messages sent before this returns.
+        self.committer.stop()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write turn (SQLite) for a state change made outside the committer."""
+        with self.committer.writing():
+            yield
+
+    def publish(self, messages: list[Publish]) -> None:
+        """Send messages a transaction has committed (after this returns, soon)."""
+        self.committer.publish(messages)
+
+    # -- webhooks ------------------------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> Outcome:
+        """Start the delivery's run, or answer with the run it already started, or record it
+        as ignored when no actor subscribes to its type."""
+        dedupe_key = f"webhook:{delivery.source}:{delivery.delivery_id}"
+        if not self.runtime.route(delivery.event_type):
+            # Rare: may import modules or write an ignored record; off the event loop.
+            return await anyio.to_thread.run_sync(self._deliver_unrouted, delivery, dedupe_key)
+        event = trigger_event(delivery.event_type, delivery.data)
+        # Shielded: the run is created even if the sender hangs up; its retry then finds it.
+        created = await asyncio.shield(
+            asyncio.wrap_future(self.request_run(event, dedupe_key=dedupe_key))
+        )
+        return Outcome("accepted" if created.created else "duplicate", created.run_id)
+
+    def _deliver_unrouted(self, delivery: Delivery, dedupe_key: str) -> Outcome:
+        if self.subscribed(delivery.event_type):
+            event = trigger_event(delivery.event_type, delivery.data)
+            created = self.start_run(event, dedupe_key=dedupe_key)
+            return Outcome("accepted" if created.created else "duplicate", created.run_id)
+        with self.writing():
+            started = record_ignored(
+                self.store,
+                source=delivery.source,
+                delivery_id=delivery.delivery_id,
+                event_type=delivery.event_type,
+                dedupe_key=dedupe_key,
+            )
+        return Outcome("ignored", None) if started is None else Outcome("duplicate", started)
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def request_run(
+        self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None
+    ) -> Future[CreatedRun]:
+        """Queue the run's first transaction; the future resolves once it has committed."""
+        trigger = NewEvent(event.type, event.model_dump(mode="json"))
+        # The request's span is the run's root: the trigger's steps are its children.
+        with run_trace(event.type, trace_id) as (trace_id, root_span_id):
+            return self.committer.submit(RunRequest(trigger, dedupe_key, trace_id, root_span_id))
+
+    def start_run(
+        self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None
+    ) -> CreatedRun:
+        """``request_run`` and wait for the commit (from a thread, never the event loop)."""
+        return self.request_run(event, dedupe_key=dedupe_key, trace_id=trace_id).result()
+
+    def subscribed(self, event_type: str) -> bool:
+        """Whether an actor subscribes to ``event_type``, importing the modules workers
+        declared for it in the store's catalog when this process has not imported them."""
+        if self.runtime.route(event_type):
+            return True
+        missing = [
+            module
+            for module in modules_for_event_type(self.store, event_type)
+            if module not in sys.modules
+        ]
+        if not missing:
+            return False
+        with self._import_lock:
+            try:
+                import_modules(missing)
+            except WorkerError as error:
+                raise ApiError(
+                    503,
+                    "module_unavailable",
+                    f"workers run {', '.join(missing)} for {event_type!r} but the gateway "
+                    f"cannot import it: {error}; name it in BATON_MODULES where the gateway runs",
+                ) from None
+        _logger.info("imported %s for event type %r", ", ".join(missing), event_type)
+        return bool(self.runtime.route(event_type))

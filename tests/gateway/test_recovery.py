@@ -1,0 +1,133 @@
+"""Nothing accepted is lost: not when the gateway dies after answering, not when its message
+never reaches Redis. The store's outbox carries the run to a worker either way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from store import Store
+from tests.conftest import REPO, wait_for_run
+from tests.gateway.conftest import (
+    GITHUB_SECRET,
+    STANDARD_SECRET,
+    TOKEN,
+    Gateway,
+    count,
+    standard_body,
+    standard_headers,
+)
+from workers import Worker
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def serve_process(
+    baton_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[[int], subprocess.Popen[bytes]]]:
+    """Factory: `baton serve --port PORT` as a real process, returned once /healthz answers."""
+    started: list[subprocess.Popen[bytes]] = []
+    env = {
+        **baton_env,
+        "BATON_API_TOKEN": TOKEN,
+        "BATON_GITHUB_WEBHOOK_SECRETS": f"old-secret,{GITHUB_SECRET}",
+        "BATON_STANDARD_WEBHOOK_SECRETS": STANDARD_SECRET,
+        "BATON_MODULES": "tests.gateway.actors",
+    }
+
+    def spawn(port: int) -> subprocess.Popen[bytes]:
+        log = tmp_path / f"gateway-{len(started)}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "baton", "serve", "--port", str(port)],
+                cwd=REPO,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"baton serve did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def test_a_gateway_killed_after_answering_loses_nothing(
+    serve_process: Callable[[int], subprocess.Popen[bytes]],
+    worker_processes: Callable[..., Any],
+    store: Store,
+) -> None:
+    # Given `baton serve` and no worker yet
+    port = _free_port()
+    gateway = serve_process(port)
+    body = standard_body("test.gateway.pinged", {"n": 1})
+    headers = standard_headers(body, message_id="msg_survives")
+    url = f"http://127.0.0.1:{port}/webhooks/standard"
+    # When a delivery is accepted and the gateway is SIGKILLed at once
+    first = httpx.post(url, content=body, headers=headers)
+    assert first.status_code == 202, first.text
+    os.killpg(gateway.pid, signal.SIGKILL)
+    gateway.wait(timeout=10)
+    # And a new gateway receives the same delivery again (the sender retries)
+    serve_process(port)
+    again = httpx.post(url, content=body, headers=headers)
+    assert again.status_code == 200 and again.json()["run_id"] == first.json()["run_id"]
+    # Then a worker started afterwards runs it to the end, once
+    worker_processes("tests.gateway.actors")
+    assert wait_for_run(store, first.json()["run_id"]) == "succeeded"
+    assert count(store, "runs") == 1
+    # And the API of the new gateway shows it
+    shown = httpx.get(
+        f"http://127.0.0.1:{port}/runs/{first.json()['run_id']}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert shown.json()["run"]["status"] == "succeeded"
+
+
+def test_a_message_that_never_reached_redis_is_sent_by_the_outbox_relay(
+    start_gateway: Callable[..., Gateway], store: Store, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a gateway whose Redis is unreachable (its publishes fail after the commit)
+    gateway = start_gateway(redis="redis://127.0.0.1:1/0")
+    body = standard_body("test.gateway.pinged", {"n": 1})
+    # When a delivery is accepted
+    with gateway.client(token=None) as client:
+        answer = client.post("/webhooks/standard", content=body, headers=standard_headers(body))
+    assert answer.status_code == 202, answer.text
+    # Then its message waits in the store's outbox
+    deadline = time.monotonic() + 5
+    while count(store, "outbox") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count(store, "outbox") == 1
+    # And a worker's relay publishes it, and the run completes
+    start_worker()
+    assert wait_for_run(store, answer.json()["run_id"]) == "succeeded"
+    assert count(store, "outbox") == 0
