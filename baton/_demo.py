@@ -1,18 +1,26 @@
-"""`baton demo`: the issue-triage agent end to end on the embedded defaults.
+"""`baton demo`: the issue-triage agent end to end on the embedded defaults, through the
+front door: a GitHub-signed `issues.opened` webhook posted to the gateway over HTTP.
 
-Valkey (embedded), SQLite, a worker in this process and, with no OPENAI_API_KEY, Baton's
-offline model over real HTTP. With a key, the same agent talks to the real model unchanged.
+Valkey (embedded), SQLite, the gateway and a worker in this process and, with no
+OPENAI_API_KEY, Baton's offline model over real HTTP. With a key, the same agent talks to
+the real model unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+from pydantic import SecretStr
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -20,7 +28,8 @@ from rich.text import Text
 
 from baton import _render
 from baton._stack import Stack
-from events import parse_event
+from events import BatonError
+from gateway import GatewayConfig, ServerThread, create_app
 from store import (
     conversation_of,
     effects_of_run,
@@ -47,22 +56,25 @@ def run_demo(parts: Stack, out: Console, err: Console) -> int:
         demo_parts.check_reachable()
         worker = Worker(demo_parts.runtime, threads=4)
         worker.start()
+        secret = secrets.token_hex(16)
+        gateway = ServerThread(
+            create_app(demo_parts.runtime, GatewayConfig(github_secrets=[SecretStr(secret)]))
+        )
+        gateway.start()
         try:
-            payload = json.loads(PAYLOAD.read_text())
-            issue = payload["issue"]
-            err.print(
-                f"triaging {payload['repository']['full_name']}#{issue['number']}: "
-                f"{issue['title']!r}"
-            )
-            event = parse_event("github.issues.opened", payload)
-            run_id = demo_parts.runtime.start_run(event).run_id
+            run_id = _deliver(gateway.url, secret, err)
             deadline = time.monotonic() + 60
-            while run_status(demo_parts.store, run_id) not in ("succeeded", "failed", "canceled"):
+            while run_status(demo_parts.store, run_id) not in (
+                "succeeded",
+                "failed",
+                "canceled",
+            ):
                 if time.monotonic() > deadline:
                     err.print(f"[red]run {run_id} did not finish within 60 s[/red]")
                     return 1
                 time.sleep(0.02)
         finally:
+            gateway.stop()
             worker.stop()
         out.print(report(demo_parts, run_id))
     status = run_status(parts.store, run_id)
@@ -87,6 +99,34 @@ def _model(parts: Stack, err: Console) -> Iterator[Stack]:
         # The offline model takes any key; the client insists on having one.
         offline.runtime.config.__dict__["model_api_key"] = "offline"
         yield offline
+
+
+def _deliver(url: str, secret: str, err: Console) -> str:
+    """POST the payload as GitHub would: its exact bytes, signed with HMAC-SHA256."""
+    body = PAYLOAD.read_bytes()
+    payload = json.loads(body)
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    delivery = str(uuid.uuid4())
+    err.print(
+        f"POST {url}/webhooks/github  X-GitHub-Event: issues  ({payload['repository']['full_name']}"
+        f"#{payload['issue']['number']}: {payload['issue']['title']!r})"
+    )
+    response = httpx.post(
+        f"{url}/webhooks/github",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "issues",
+            "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": f"sha256={signature}",
+        },
+        timeout=10,
+    )
+    if response.status_code != 202:
+        raise BatonError(f"the gateway answered {response.status_code}: {response.text}")
+    run_id = str(response.json()["run_id"])
+    err.print(f"202 Accepted: run {run_id}")
+    return run_id
 
 
 def report(parts: Stack, run_id: str) -> Group:

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,9 +31,13 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_worker_here(parts: Stack, threads: int) -> None:
+def run_worker_here(parts: Stack, threads: int, metrics_port: int | None = None) -> None:
     """One worker process: this one. Returns after SIGTERM or Ctrl-C, once steps have drained."""
     stop = _stop_on_signals()
+    if metrics_port is not None:
+        from workers._metrics import serve_metrics
+
+        serve_metrics(metrics_port, "127.0.0.1")
     worker = Worker(parts.runtime, threads=threads)
     worker.start()
     print(f"worker {parts.runtime.owner} running {threads} thread(s)", file=sys.stderr, flush=True)
@@ -77,10 +82,23 @@ def baton_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "baton", *arguments]
 
 
-def run_worker_processes(modules: list[str], processes: int, threads: int) -> None:
+def run_worker_processes(
+    modules: list[str], processes: int, threads: int, metrics_port: int | None = None
+) -> None:
     stop = _stop_on_signals()
     children = Children(
-        [baton_command("worker", "-p", "1", "-t", str(threads), *modules) for _ in range(processes)]
+        [
+            baton_command(
+                "worker",
+                "-p",
+                "1",
+                "-t",
+                str(threads),
+                *modules,
+                *(["--metrics-port", str(metrics_port + index)] if metrics_port else []),
+            )
+            for index in range(processes)
+        ]
     )
     children.start()
     children.supervise(stop)
@@ -94,7 +112,19 @@ def run_stack(parts: Stack, modules: list[str], *, processes: int, threads: int,
     token, where = api_token(parts)
     # The children read it through their settings, like every other BATON_ variable.
     os.environ["BATON_API_TOKEN"] = token
-    commands = [
+    commands = []
+    if parts.settings.openai_api_key is None:
+        # No model configured: Baton's offline model, over real HTTP, for every worker.
+        model_port = _free_port()
+        commands.append(baton_command("model", "serve", "--port", str(model_port)))
+        os.environ["OPENAI_BASE_URL"] = f"http://127.0.0.1:{model_port}/v1"
+        os.environ["OPENAI_API_KEY"] = "offline"
+        print(
+            f"no OPENAI_API_KEY: the offline model serves http://127.0.0.1:{model_port}/v1",
+            file=sys.stderr,
+            flush=True,
+        )
+    commands += [
         baton_command("worker", "-p", "1", "-t", str(threads), *modules) for _ in range(processes)
     ]
     commands.append(baton_command("serve", "--port", str(port), *modules))
@@ -120,3 +150,9 @@ def api_token(parts: Stack) -> tuple[str, str]:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32) + "\n")
     return path.read_text().strip(), f"in {path}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -55,12 +55,12 @@ def status_text(status: str) -> Text:
 
 def runs_table(runs: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{len(runs)} run(s)", title_justify="left")
-    table.add_column("run")
-    table.add_column("status")
-    table.add_column("trigger")
+    table.add_column("run", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("trigger", overflow="fold")
     table.add_column("agent")
-    table.add_column("created")
-    table.add_column("took", justify="right")
+    table.add_column("created", no_wrap=True)
+    table.add_column("took", justify="right", no_wrap=True)
     table.add_column("error", overflow="fold", max_width=60)
     for run in runs:
         table.add_row(

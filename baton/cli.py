@@ -399,6 +399,10 @@ def worker(
     modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
     processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64)] = 1,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = 8,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT (PORT+i for process i)."),
+    ] = None,
 ) -> None:
     """Run steps: Dramatiq worker processes times threads, plus the relay and reconciler."""
     from baton._processes import run_worker_here, run_worker_processes
@@ -414,9 +418,9 @@ def worker(
             )
         parts.check_reachable()
         if processes == 1:
-            run_worker_here(parts, threads)
+            run_worker_here(parts, threads, metrics_port)
         else:
-            run_worker_processes(loaded, processes, threads)
+            run_worker_processes(loaded, processes, threads, metrics_port)
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from gateway._auth import bearer_auth
 from gateway._config import GatewayConfig
@@ -44,10 +44,10 @@ def health_router(runtime: Runtime, config: GatewayConfig, metrics: Metrics) -> 
         },
     )
     def metrics_text() -> PlainTextResponse:
-        """Runs by status, webhook deliveries by source and outcome, request latency."""
-        return PlainTextResponse(
-            generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        """Runs by status, webhook deliveries by source and outcome, request latency; and the
+        process-wide runtime metrics (steps, model tokens and cost, dead letters)."""
+        body = generate_latest(metrics.registry) + generate_latest(REGISTRY)
+        return PlainTextResponse(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return router
 
