@@ -44,7 +44,8 @@ db_app = typer.Typer(no_args_is_help=True, help="The store's schema.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 
-out = Console(soft_wrap=False)
+# Piped output is read in logs and CI: give tables room instead of the default 80 columns.
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
