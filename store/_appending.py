@@ -24,7 +24,7 @@ from store._model import (
     Publish,
     Router,
 )
-from store._tables import events, join_arrivals, runs, steps
+from store._tables import join_arrivals, runs, steps
 
 
 def insert_on_conflict_ignore(connection: Connection, table: Any) -> Any:
@@ -346,7 +346,17 @@ def settle_run(connection: Connection, run_id: str, status: str, now: float) -> 
         note_run_finished(connection, new_status)
     if error:
         values["error"] = error
-    connection.execute(update(runs).where(runs.c.id == run_id).values(**values))
+        connection.execute(update(runs).where(runs.c.id == run_id).values(**values))
+    else:
+        hot.RUN_STATUS.run(
+            connection,
+            {
+                "id": run_id,
+                "status": new_status,
+                "now": now,
+                "finished_at": values.get("finished_at"),
+            },
+        )
     if new_status == RUN_SUCCEEDED:
         append_lifecycle(connection, run_id, "baton.run.succeeded", {}, None, now)
     return new_status
@@ -386,18 +396,16 @@ def append_lifecycle(
     key: str = "",
 ) -> None:
     """Record a run's lifecycle in its own log; no actor is dispatched for these events."""
-    connection.execute(
-        insert_on_conflict_ignore(connection, events),
-        [
-            {
-                "id": _ids.derive_id(type, run_id, key),
-                "run_id": run_id,
-                "type": type,
-                "data": data,
-                "cause_step_id": cause_step_id,
-                "position": -1,
-                "groups": [],
-                "created_at": now,
-            }
-        ],
+    hot.EVENTS_INSERT.run(
+        connection,
+        {
+            "id": _ids.derive_id(type, run_id, key),
+            "run_id": run_id,
+            "type": type,
+            "data": hot.json_in(connection, data),
+            "cause_step_id": cause_step_id,
+            "position": -1,
+            "groups": hot.json_in(connection, []),
+            "created_at": now,
+        },
     )

@@ -130,3 +130,10 @@ OPEN_STEPS = Statement(
     GROUP BY state
     """
 )
+
+RUN_STATUS = Statement(
+    """
+    UPDATE runs SET status = :status, updated_at = :now, finished_at = :finished_at
+    WHERE id = :id
+    """
+)
