@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway._batch import RunRequest, create_runs
 from gateway._sender import Sender
-from store import CreatedRun, Publish, StoreError, confirm_published, create_run
+from store import CreatedRun, Publish, confirm_published, create_run
 from workers import Runtime
 
 _logger = logging.getLogger("baton.gateway")
@@ -90,7 +90,13 @@ class Committer(threading.Thread):
                 except queue.Empty:
                     break
             if requests:
-                self.sender.submit(self._commit(requests))
+                try:
+                    self.sender.submit(self._commit(requests))
+                except Exception as error:
+                    # A dead committer would leave every later request waiting forever.
+                    _logger.exception("committing %d run(s) failed", len(requests))
+                    for request in requests:
+                        _settle(request.answer, error=error)
         self.sender.stop()
         self._confirm()
 
@@ -155,7 +161,7 @@ class Committer(threading.Thread):
             try:
                 with self.writing():
                     confirm_published(self.runtime.store, confirmed)
-            except StoreError as error:
+            except Exception as error:
                 # The relay re-sends them: a duplicate message is harmless, a lost one is not.
                 _logger.warning(
                     "could not confirm %d published message(s): %s", len(confirmed), error

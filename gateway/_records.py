@@ -47,17 +47,6 @@ def record_ignored(
     return None
 
 
-def ignored_count(store: Store, source: str, delivery_id: str) -> int:
-    """How many ignored records exist for this delivery (0 or 1): for tests and operators."""
-    with store.read() as connection:
-        found = connection.execute(
-            select(func.count()).where(
-                deliveries.c.source == source, deliveries.c.delivery_id == delivery_id
-            )
-        ).scalar()
-    return int(found or 0)
-
-
 def runs_by_status(store: Store) -> dict[str, int]:
     """How many runs are in each status, every status present (through the status index)."""
     with store.read() as connection:

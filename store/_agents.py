@@ -160,19 +160,6 @@ def run_totals(store: Store, run_id: str, loop_id: str) -> RunTotals:
     )
 
 
-def recorded_response(store: Store, step_id: str, request_hash: str) -> dict[str, Any] | None:
-    """A response recorded for this step and this exact request, if the model answered before."""
-    with store.read() as connection:
-        row = connection.execute(
-            select(model_calls.c.response, model_calls.c.request_hash).where(
-                model_calls.c.step_id == step_id
-            )
-        ).first()
-    if row is None or row.request_hash != request_hash:
-        return None
-    return dict(row.response)
-
-
 def record_response(
     store: Store,
     *,

@@ -17,6 +17,7 @@ from store._model import (
     RUN_SUCCEEDED,
     RUN_WAITING,
     STEP_COLLECTING,
+    STEP_FAILED,
     STEP_PENDING,
     STEP_RUNNING,
     STEP_WAITING,
@@ -322,6 +323,11 @@ def settle_run(connection: Connection, run_id: str, status: str, now: float) -> 
     error = None
     if counts.get(STEP_PENDING) or counts.get(STEP_RUNNING):
         new_status = RUN_RUNNING
+    elif counts.get(STEP_FAILED):
+        # Replaying one failed step must not end the run as succeeded while another is
+        # still failed (its branch never ran).
+        new_status = RUN_FAILED
+        error = f"{counts[STEP_FAILED]} step(s) still failed; replay them to continue"
     elif counts.get(STEP_WAITING):
         new_status = RUN_WAITING
     elif counts.get(STEP_COLLECTING):

@@ -48,7 +48,19 @@ class Store:
             if parsed.drivername == "postgresql":
                 url = str(parsed.set(drivername="postgresql+psycopg"))
             self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=30,
+                # A server that vanishes must not hang a worker's threads for TCP's hours.
+                connect_args={
+                    "connect_timeout": 10,
+                    "keepalives": 1,
+                    "keepalives_idle": 30,
+                    "keepalives_interval": 10,
+                    "keepalives_count": 3,
+                },
             )
             self.read_engine = self.engine
             self._writer = nullcontext()

@@ -31,7 +31,7 @@ class Statement:
         self, connection: Connection, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]]
     ) -> CursorResult[Any]:
         sql = self.postgresql if connection.dialect.name == "postgresql" else self.sqlite
-        return connection.exec_driver_sql(sql, parameters)  # type: ignore[arg-type]
+        return connection.exec_driver_sql(sql, parameters)
 
 
 def json_in(connection: Connection, value: Any) -> Any:
@@ -60,6 +60,10 @@ CLAIM_READ = Statement(
     WHERE s.id = :id
     """
 )
+
+# On PostgreSQL the row is locked as it is read: a concurrent claim or retry cannot change it
+# between this read and the conditional update (READ COMMITTED re-checks only the update).
+CLAIM_READ_LOCKED = Statement(CLAIM_READ.sqlite + " FOR UPDATE OF s")
 
 CLAIM_TAKE = Statement(
     """
@@ -126,7 +130,7 @@ OUTBOX_INSERT = Statement(
 OPEN_STEPS = Statement(
     """
     SELECT state, count(*) AS n FROM steps
-    WHERE run_id = :run_id AND state IN ('pending', 'running', 'waiting', 'collecting')
+    WHERE run_id = :run_id AND state IN ('pending', 'running', 'waiting', 'collecting', 'failed')
     GROUP BY state
     """
 )

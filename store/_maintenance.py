@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, exists, insert, or_, select, update
 
 from store import _ids
+from store._appending import add_to_outbox
 from store._engine import Store
 from store._model import RUN_FAILED, STEP_PENDING, STEP_RUNNING, Publish
 from store._steps import publish_from_outbox
@@ -37,8 +38,9 @@ def confirm_published(store: Store, message_ids: Sequence[str]) -> None:
 
 
 def reissue(store: Store, publish: Sequence[Publish]) -> list[Publish]:
-    """Give lost messages fresh ids, recorded on their steps, so a re-send is never confused
-    with the original in the broker."""
+    """Give lost messages fresh ids, recorded on their steps and in the outbox, so a re-send
+    is never confused with the original in the broker, and one that fails to go out stays in
+    the outbox for the next round."""
     if not publish:
         return []
     now = time.time()
@@ -58,6 +60,7 @@ def reissue(store: Store, publish: Sequence[Publish]) -> list[Publish]:
                 .where(steps.c.id == p.step_id)
                 .values(message_id=p.message_id, published_at=now)
             )
+        add_to_outbox(connection, fresh, now)
     return fresh
 
 

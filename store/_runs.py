@@ -208,11 +208,14 @@ def _resolve_waits(
             )
         )
         message_id = _ids.new_message_id()
-        connection.execute(
+        resumed = connection.execute(
             update(steps)
             .where(steps.c.id == wait.step_id, steps.c.state == STEP_WAITING)
             .values(state=STEP_PENDING, available_at=now, message_id=message_id, published_at=now)
         )
+        if resumed.rowcount != 1:
+            # The step already moved on (a sibling wait of it was signalled first).
+            continue
         publish.append(
             Publish(message_id, wait.step_id, run_id, step.actor, step.queue, step.traceparent)
         )

@@ -23,7 +23,6 @@ from store._errors import LeaseLost
 from store._model import (
     RUN_CANCELED,
     RUN_FAILED,
-    RUN_FINISHED,
     STEP_CANCELED,
     STEP_FAILED,
     STEP_PENDING,
@@ -42,7 +41,6 @@ from store._tables import (
     join_arrivals,
     memory,
     outbox,
-    runs,
     step_attempts,
     steps,
     waits,
@@ -61,7 +59,8 @@ def claim_step(
         # Read the clock once the write lock is ours: a claim that waited for it must not be
         # granted a lease that has already run out.
         now = time.time() if now is None else now
-        row = hot.CLAIM_READ.run(connection, {"id": step_id}).first()
+        read = hot.CLAIM_READ_LOCKED if connection.dialect.name == "postgresql" else hot.CLAIM_READ
+        row = read.run(connection, {"id": step_id}).first()
         if row is None:
             return Claim("missing", detail=f"no step {step_id!r} in the store")
         run = row
@@ -432,11 +431,6 @@ def _queue_of(connection: Connection, step_id: str) -> str:
     return str(connection.execute(select(steps.c.queue).where(steps.c.id == step_id)).scalar_one())
 
 
-def _load_event(connection: Connection, event_id: str) -> StoredEvent:
-    row = connection.execute(select(events).where(events.c.id == event_id)).one()
-    return StoredEvent(row.id, row.run_id, row.type, row.data, row.groups, row.position)
-
-
 def _load_arrivals(connection: Connection, step_id: str) -> list[StoredEvent]:
     rows = connection.execute(
         select(events)
@@ -466,9 +460,3 @@ def publish_from_outbox(row: Any) -> Publish:
     return Publish(
         row.message_id, row.step_id, row.run_id, row.actor, row.queue, row.traceparent, row.delay_ms
     )
-
-
-def run_is_finished(store: Store, run_id: str) -> bool:
-    with store.read() as connection:
-        status = connection.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
-    return status in RUN_FINISHED

@@ -72,6 +72,7 @@ class Step(SQLModel, table=True):
         Index("ix_steps_run_state", "run_id", "state"),
         Index("ix_steps_state_lease", "state", "lease_expires_at"),
         Index("ix_steps_state_available", "state", "available_at"),
+        Index("ix_steps_event", "event_id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)

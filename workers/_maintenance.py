@@ -12,6 +12,8 @@ import threading
 import uuid
 from collections import defaultdict
 
+from dramatiq.common import dq_name
+
 from store import (
     Publish,
     due_outbox,
@@ -88,6 +90,11 @@ class Maintenance(threading.Thread):
         )
         for queue in {a.queue_name for a in runtime._bound.values()}:
             runtime.broker.run_maintenance(queue)
+            # Delayed messages (retries) a dead consumer had fetched sit in the delay queue.
+            runtime.broker.run_maintenance(dq_name(queue))
+        # A long round must not outlive the leadership it started under: renew, or stop here.
+        if not self._lead():
+            return sent
         # Steps that should be moving: expired leases, and pending steps Redis has lost.
         found = suspects(
             runtime.store,
@@ -105,6 +112,8 @@ class Maintenance(threading.Thread):
             for candidate, exists in zip(candidates, present, strict=True):
                 (seen.append(candidate.step_id) if exists else lost.append(candidate))
         mark_seen(runtime.store, seen)
+        if not self._lead():
+            return sent
         if lost:
             _logger.info("re-publishing %d step(s) whose message or worker was lost", len(lost))
         sent += self._send(reissue(runtime.store, lost))

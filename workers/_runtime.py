@@ -226,7 +226,19 @@ class Runtime:
         if registered is None:
             self._dead_letter_current(f"no actor {name!r} is registered in this worker")
             return
-        claim = claim_step(self.store, step_id, self.owner, self.config.lease_seconds)
+        if registered.options.is_async:
+            # Take the async slot before the lease: a claim that waited for a slot could
+            # otherwise outlive its unrenewed lease while another worker runs the step.
+            self._async_slots.acquire()
+            try:
+                claim = claim_step(self.store, step_id, self.owner, self.config.lease_seconds)
+            except BaseException:
+                self._async_slots.release()
+                raise
+            if claim.outcome != "claimed":
+                self._async_slots.release()
+        else:
+            claim = claim_step(self.store, step_id, self.owner, self.config.lease_seconds)
         if claim.outcome == "succeeded":
             self.publish(claim.republish, confirm_now=True)
             return
@@ -309,12 +321,13 @@ class Runtime:
         The message is acked when this returns; the step stays ours through its lease, which
         the housekeeper renews until the commit. If the process dies, the lease runs out and
         the reconciler re-publishes the step. A bounded number run at once: past it, the
-        Dramatiq thread waits here, which stops this worker from fetching more.
+        Dramatiq thread waits for a slot before claiming, which stops this worker from
+        fetching more. The caller holds the slot; it is released when the step ends.
         """
         loop_thread = get_event_loop_thread()
         if loop_thread is None:
+            self._async_slots.release()
             raise RuntimeError("async actors need the AsyncIO middleware's event loop")
-        self._async_slots.acquire()
         with self._in_flight_lock:
             self._in_flight.add(step.id)
         future = asyncio.run_coroutine_threadsafe(
@@ -340,11 +353,11 @@ class Runtime:
     async def _run_async(self, registered: Actor[Any], step: ClaimedStep) -> None:
         context = self._context(step)
         limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
+        deadline = asyncio.timeout(limit)
         try:
             try:
-                result = await asyncio.wait_for(
-                    registered.fn(_handler_argument(step), context), timeout=limit
-                )
+                async with deadline:
+                    result = await registered.fn(_handler_argument(step), context)
                 emitted, fan_out = _emitted(registered, result)
             except Wait as wait:
                 await asyncio.to_thread(
@@ -357,10 +370,14 @@ class Runtime:
                 )
                 note_step_outcome("parked")
                 return
-            except TimeoutError:
-                publish = await asyncio.to_thread(
-                    self._fail, registered, step, TimeLimitExceeded(f"{limit:g}s")
-                )
+            except TimeoutError as error:
+                if not deadline.expired():
+                    # The handler's own timeout (a socket, a client): an ordinary failure.
+                    publish = await asyncio.to_thread(self._fail, registered, step, error)
+                else:
+                    publish = await asyncio.to_thread(
+                        self._fail, registered, step, TimeLimitExceeded(f"{limit:g}s")
+                    )
             except Exception as error:
                 publish = await asyncio.to_thread(self._fail, registered, step, error)
             else:

@@ -301,7 +301,7 @@ async def tool_call(event: ToolCallRequested, ctx: Context) -> Any:
     except ToolArgumentsInvalid as error:
         return _answer(event, f"error: invalid arguments for {event.name}: {error}")
     if target.approval:
-        decision, data = ctx.wait_for_any(("approve", "reject"))
+        decision, data = await asyncio.to_thread(ctx.wait_for_any, ("approve", "reject"))
         if decision == "reject":
             reason = data.get("reason") or "no reason given"
             return _answer(event, f"rejected by an operator: {reason}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import inspect
 import json
 import re
@@ -16,6 +18,7 @@ from workers._context import Context
 from workers._errors import ActorError
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_TOOL_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="tool")
 
 
 class ToolArgumentsInvalid(ValueError):
@@ -87,7 +90,10 @@ class Tool:
         kwargs = {**arguments, "ctx": ctx} if self.wants_context else dict(arguments)
         if self.is_async:
             return await self.fn(**kwargs)
-        return await asyncio.to_thread(self.fn, **kwargs)
+        # Not the default executor: the store's calls use that one, and a tool that hangs
+        # must not take the threads that commit steps.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_TOOL_THREADS, functools.partial(self.fn, **kwargs))
 
 
 @overload
