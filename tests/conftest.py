@@ -109,8 +109,9 @@ def start_worker(make_runtime: Callable[..., Runtime]) -> Iterator[Callable[...,
         worker.stop(timeout_ms=5_000)
 
 
-def wait_for_run(store: Store, run_id: str, timeout: float = 30.0,
-                 until: frozenset[str] = RUN_FINISHED) -> str:
+def wait_for_run(
+    store: Store, run_id: str, timeout: float = 30.0, until: frozenset[str] = RUN_FINISHED
+) -> str:
     """Poll until the run reaches one of ``until``; fail the test with its status otherwise."""
     deadline = time.monotonic() + timeout
     status = None
@@ -143,12 +144,18 @@ def baton_env(tmp_path: Path, redis_url: str, database_url: str) -> dict[str, st
     return env
 
 
-def baton(env: dict[str, str], *args: str, timeout: float = 60.0,
-          input: str | None = None) -> subprocess.CompletedProcess[str]:
+def baton(
+    env: dict[str, str], *args: str, timeout: float = 60.0, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real `baton` command in the repo folder and capture what it prints."""
     return subprocess.run(
         [sys.executable, "-m", "baton", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, input=input,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 
@@ -160,13 +167,20 @@ def worker_processes(
     its stderr goes to tmp_path/worker-N.log. All are killed after the test."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(*modules: str, threads: int = 4, env: dict[str, str] | None = None,
-              ready_timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    def spawn(
+        *modules: str,
+        threads: int = 4,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 30.0,
+    ) -> subprocess.Popen[bytes]:
         log = tmp_path / f"worker-{len(started)}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
                 [sys.executable, "-m", "baton", "worker", "-t", str(threads), *modules],
-                cwd=REPO, env=env or baton_env, stdout=subprocess.DEVNULL, stderr=sink,
+                cwd=REPO,
+                env=env or baton_env,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
                 start_new_session=True,
             )
         started.append(process)
