@@ -55,9 +55,13 @@ def redis_url(valkey_server: EmbeddedValkey) -> str:
 
 
 @pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty store: SQLite in tmp_path, or a fresh schema on PostgreSQL in CI."""
-    if POSTGRES_URL is None:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty store: SQLite in tmp_path, or a fresh schema on PostgreSQL in CI.
+
+    A test marked ``sqlite`` is about SQLite itself (its single writer lock) and always gets
+    SQLite, so it runs in every pass instead of being skipped.
+    """
+    if POSTGRES_URL is None or request.node.get_closest_marker("sqlite") is not None:
         url = f"sqlite:///{tmp_path}/baton.db"
         upgrade(url)
         yield url

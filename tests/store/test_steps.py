@@ -27,7 +27,6 @@ from store import (
 )
 from store._ids import event_id, step_id, trigger_event_id
 from store._tables import events, memory, outbox, runs, step_attempts, steps
-from tests.conftest import POSTGRES_URL
 
 LEASE = 2.0
 ROUTES = {
@@ -356,7 +355,7 @@ def while_another_writer_holds_the_lock(
     return result
 
 
-@pytest.mark.skipif(POSTGRES_URL is not None, reason="SQLite's single writer lock")
+@pytest.mark.sqlite
 def test_a_claim_that_waited_for_the_write_lock_gets_a_lease_from_when_it_got_it(
     store: Store, database_url: str
 ) -> None:
@@ -371,7 +370,7 @@ def test_a_claim_that_waited_for_the_write_lock_gets_a_lease_from_when_it_got_it
     assert claim_step(store, first, "worker-b", lease).outcome == "busy"
 
 
-@pytest.mark.skipif(POSTGRES_URL is not None, reason="SQLite's single writer lock")
+@pytest.mark.sqlite
 def test_a_renewal_that_waited_for_the_write_lock_extends_the_lease_from_then(
     store: Store, database_url: str
 ) -> None:

@@ -21,7 +21,7 @@ from baton._valkey import EmbeddedValkey
 from store import RUN_FINISHED, Store, run_detail, run_status
 from tests.actors import effects
 from tests.actors.chaos import ChaosStep, SlowStep
-from tests.conftest import FAST, POSTGRES_URL, wait_for_run
+from tests.conftest import FAST, wait_for_run
 from workers import Runtime
 
 MODULE = "tests.actors.chaos"
@@ -196,7 +196,7 @@ def test_redis_wiped_then_restarted_mid_run_loses_no_run(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(POSTGRES_URL is not None, reason="SQLite's single writer lock")
+@pytest.mark.sqlite
 def test_a_database_locked_by_another_writer_fails_no_step(
     store: Store,
     database_url: str,
