@@ -96,7 +96,10 @@ class Runtime:
         self.broker.add_middleware(_DrainAsyncSteps(self))
         _metrics.watch_store(store)
         self._bound: dict[str, dramatiq.Actor[Any, Any]] = {}
-        self._in_flight: set[str] = set()
+        # Step id -> when to stop renewing its lease: the step's time limit plus a grace. A
+        # handler stuck where no time limit can interrupt it (blocking C code) then loses its
+        # lease, and the step runs elsewhere instead of hanging the run for good.
+        self._in_flight: dict[str, float] = {}
         self._in_flight_lock = threading.Lock()
         self._confirmations: list[str] = []
         self._confirm_lock = threading.Lock()
@@ -260,8 +263,7 @@ class Runtime:
         if registered.options.is_async:
             self._hand_off(registered, step)
             return
-        with self._in_flight_lock:
-            self._in_flight.add(step.id)
+        self._hold(registered, step)
         try:
             with observe_step(step, registered.options.queue):
                 publish = self._execute(registered, step)
@@ -270,8 +272,13 @@ class Runtime:
             publish = []
         finally:
             with self._in_flight_lock:
-                self._in_flight.discard(step.id)
+                self._in_flight.pop(step.id, None)
         self.publish(publish)
+
+    def _hold(self, registered: Actor[Any], step: ClaimedStep) -> None:
+        limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
+        with self._in_flight_lock:
+            self._in_flight[step.id] = time.monotonic() + limit + 2 * self.config.lease_seconds
 
     def _execute(self, registered: Actor[Any], step: ClaimedStep) -> list[Publish]:
         context = self._context(step)
@@ -328,15 +335,14 @@ class Runtime:
         if loop_thread is None:
             self._async_slots.release()
             raise RuntimeError("async actors need the AsyncIO middleware's event loop")
-        with self._in_flight_lock:
-            self._in_flight.add(step.id)
+        self._hold(registered, step)
         future = asyncio.run_coroutine_threadsafe(
             self._execute_async(registered, step), loop_thread.loop
         )
 
         def finished(done: concurrent.futures.Future[None]) -> None:
             with self._in_flight_lock:
-                self._in_flight.discard(step.id)
+                self._in_flight.pop(step.id, None)
             self._async_slots.release()
             if not done.cancelled() and done.exception() is not None:
                 _logger.error(
@@ -475,14 +481,30 @@ class Runtime:
                 _logger.warning("could not confirm %d published message(s)", len(pending))
 
     def renew_leases(self) -> None:
+        now = time.monotonic()
         with self._in_flight_lock:
-            held = list(self._in_flight)
+            held = [step_id for step_id, until in self._in_flight.items() if now < until]
+            stuck = [
+                step_id for step_id, until in self._in_flight.items() if _LET_GO < until <= now
+            ]
+            for step_id in stuck:
+                # It stays in flight (its commit will find the lease lost); said only once.
+                self._in_flight[step_id] = _LET_GO
+        for step_id in stuck:
+            _logger.error(
+                "step %s is past its time limit and still running; its lease is let "
+                "go so another worker can run it",
+                step_id,
+            )
         lost = renew_leases(self.store, self.owner, held, self.config.lease_seconds)
         with self._in_flight_lock:
             # A step that committed meanwhile released its lease: that is not a loss.
-            lost &= self._in_flight
+            lost &= self._in_flight.keys()
         for step_id in lost:
             _logger.warning("lease of step %s was lost; its result will be dropped", step_id)
+
+
+_LET_GO = float("-inf")
 
 
 def _handler_argument(step: ClaimedStep) -> Any:
