@@ -509,7 +509,9 @@ def test_delays_do_not_serialise_300_concurrent_requests(make_model: MakeModel) 
     stats = model.stats()
     assert stats.requests == 300
     assert stats.peak_in_flight >= 250
-    assert elapsed < 3.0, f"300 concurrent 1 s requests took {elapsed:.2f}s"
+    # Served one by one they would take 300 s; the bound leaves room for a loaded machine,
+    # where the client's own work for 300 requests alone can pass two seconds.
+    assert elapsed < 10.0, f"300 concurrent 1 s requests took {elapsed:.2f}s"
 
 
 def test_jitter_is_seeded(make_model: MakeModel, make_client: MakeClient) -> None:
