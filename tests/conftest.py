@@ -175,7 +175,7 @@ def worker_processes(
         *modules: str,
         threads: int = 4,
         env: dict[str, str] | None = None,
-        ready_timeout: float = 30.0,
+        ready_timeout: float = 60.0,
     ) -> subprocess.Popen[bytes]:
         log = tmp_path / f"worker-{len(started)}.log"
         with log.open("wb") as sink:
