@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -123,7 +124,10 @@ def standard_headers(
 ) -> dict[str, str]:
     """Headers signed by the ``standardwebhooks`` library itself."""
     message_id = message_id or f"msg_{uuid.uuid4().hex}"
-    moment = datetime.fromtimestamp(time.time() + offset_seconds, tz=UTC)
+    # Round away from now, so the whole-second stamp is at least offset_seconds off.
+    shifted = time.time() + offset_seconds
+    stamp = math.ceil(shifted) if offset_seconds > 0 else math.floor(shifted)
+    moment = datetime.fromtimestamp(stamp, tz=UTC)
     signature = Webhook(secret).sign(message_id, moment, body.decode())
     return {
         "webhook-id": message_id,
