@@ -1,5 +1,6 @@
 """The system of record: tables, engine, and the unit-of-work functions of the step protocol."""
 
+from store._creating import RunRequest, create_run, create_runs
 from store._dead_letter_actions import (
     ReplayOutcome,
     discard_dead_letters,
@@ -87,7 +88,7 @@ from store._reports import (
     loops_for_export,
     model_exchanges,
 )
-from store._runs import cancel_run, create_run, fire_due_timers, replay_failed_steps, send_signal
+from store._runs import cancel_run, fire_due_timers, replay_failed_steps, send_signal
 from store._steps import (
     claim_step,
     commit_step,
@@ -121,6 +122,8 @@ __all__ = [
     "RUN_FINISHED",
     # runs
     "create_run",
+    "create_runs",
+    "RunRequest",
     "send_signal",
     "fire_due_timers",
     "cancel_run",

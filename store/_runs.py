@@ -1,4 +1,4 @@
-"""Run-level state changes: create, signal, cancel, replay. Each is one transaction."""
+"""Run-level state changes: signal, cancel, replay. Each is one transaction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from sqlalchemy import Connection, insert, select, update
 from store import _ids
 from store._appending import (
     add_to_outbox,
-    append_events,
     append_lifecycle,
     lock_run,
     note_run_finished,
@@ -30,86 +29,10 @@ from store._model import (
     STEP_FAILED,
     STEP_PENDING,
     STEP_WAITING,
-    CreatedRun,
-    NewEvent,
     Publish,
-    Router,
 )
 from store._operations import CANCEL, REPLAY, Operator, record_operation
 from store._tables import events, runs, steps, waits
-
-
-def create_run(
-    store: Store,
-    trigger: NewEvent,
-    router: Router,
-    *,
-    dedupe_key: str | None = None,
-    parent_run_id: str | None = None,
-    agent: str | None = None,
-    trace_id: str | None = None,
-    root_span_id: str | None = None,
-    now: float | None = None,
-) -> CreatedRun:
-    """Create a run, its trigger event, the trigger's steps and their outbox rows: one commit.
-
-    With ``dedupe_key``, a second call with the same key creates nothing and returns the
-    first run (``created`` False). ``root_span_id`` (with ``trace_id``) is the span that
-    started the run, e.g. the webhook request's: the trigger's steps are its children.
-    """
-    now = time.time() if now is None else now
-    if dedupe_key is not None:
-        existing = _run_by_dedupe_key(store, dedupe_key)
-        if existing is not None:
-            return CreatedRun(existing, created=False, publish=[], subscribed=True)
-    run_id = _ids.new_run_id(now)
-    trace_id = trace_id or _ids.new_trace_id()
-    event_id = _ids.trigger_event_id(run_id)
-    subscribed = bool(router(trigger.type))
-    with store.transaction() as connection:
-        if dedupe_key is not None:
-            # Checked again under the write lock: the first look was only a fast path.
-            existing = connection.execute(
-                select(runs.c.id).where(runs.c.dedupe_key == dedupe_key)
-            ).scalar()
-            if existing is not None:
-                return CreatedRun(existing, created=False, publish=[], subscribed=True)
-        connection.execute(
-            insert(runs).values(
-                id=run_id,
-                status=RUN_RUNNING,
-                trigger_type=trigger.type,
-                trigger_event_id=event_id,
-                agent=agent,
-                parent_run_id=parent_run_id,
-                dedupe_key=dedupe_key,
-                trace_id=trace_id,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        publish = append_events(
-            connection,
-            run_id=run_id,
-            trace_id=trace_id,
-            cause_step_id=None,
-            new_events=[trigger],
-            groups=[],
-            router=router,
-            now=now,
-            event_ids=[event_id],
-            cause_span_id=root_span_id,
-        )
-        settle_run(connection, run_id, RUN_RUNNING, now)
-    return CreatedRun(run_id, created=True, publish=publish, subscribed=subscribed)
-
-
-def _run_by_dedupe_key(store: Store, dedupe_key: str) -> str | None:
-    with store.read() as connection:
-        found = connection.execute(
-            select(runs.c.id).where(runs.c.dedupe_key == dedupe_key)
-        ).scalar()
-    return None if found is None else str(found)
 
 
 def send_signal(
