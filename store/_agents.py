@@ -15,6 +15,7 @@ from sqlalchemy import Connection, insert, select, union_all, update
 
 from store._appending import insert_on_conflict_ignore
 from store._engine import Store
+from store._recorded import RecordedResponses, recorded_responses
 from store._tables import agent_loops, conversation, model_calls, runs, tool_calls
 
 
@@ -106,8 +107,37 @@ def append_messages(
     )
 
 
+@dataclass(frozen=True)
+class ModelCallInputs:
+    """What a model-call step reads before it asks: one read transaction, all index seeks."""
+
+    messages: list[dict[str, Any]]
+    totals: RunTotals
+    recorded: RecordedResponses
+
+
+def model_call_inputs(
+    store: Store,
+    *,
+    run_id: str,
+    loop_id: str,
+    step_id: str,
+    recorded_from: str | None,
+    next_seq: int,
+    head: int,
+    window: int,
+) -> ModelCallInputs:
+    """The conversation window, the run's committed usage and any recorded responses."""
+    with store.read() as connection:
+        return ModelCallInputs(
+            messages=read_window(connection, loop_id, next_seq=next_seq, head=head, window=window),
+            totals=run_totals(connection, run_id, loop_id),
+            recorded=recorded_responses(connection, step_id, recorded_from),
+        )
+
+
 def read_window(
-    store: Store, loop_id: str, *, next_seq: int, head: int, window: int
+    connection: Connection, loop_id: str, *, next_seq: int, head: int, window: int
 ) -> list[dict[str, Any]]:
     """The first ``head`` messages and the last ``window`` before ``next_seq``.
 
@@ -123,8 +153,7 @@ def read_window(
         conversation.c.seq >= tail_start,
         conversation.c.seq < next_seq,
     )
-    with store.read() as connection:
-        rows = connection.execute(union_all(first, last).order_by("seq")).all()
+    rows = connection.execute(union_all(first, last).order_by("seq")).all()
     messages = [_message(row) for row in rows]
     head_messages = [m for m, row in zip(messages, rows, strict=True) if row.seq < head]
     tail = [m for m, row in zip(messages, rows, strict=True) if row.seq >= head]
@@ -144,17 +173,16 @@ def _message(row: Any) -> dict[str, Any]:
     return message
 
 
-def run_totals(store: Store, run_id: str, loop_id: str) -> RunTotals:
+def run_totals(connection: Connection, run_id: str, loop_id: str) -> RunTotals:
     """The run's committed usage and this loop's model calls: two primary-key reads."""
-    with store.read() as connection:
-        run = connection.execute(
-            select(
-                runs.c.model_calls, runs.c.input_tokens, runs.c.output_tokens, runs.c.cost_usd
-            ).where(runs.c.id == run_id)
-        ).one()
-        loop_calls = connection.execute(
-            select(agent_loops.c.model_calls).where(agent_loops.c.id == loop_id)
-        ).scalar()
+    run = connection.execute(
+        select(
+            runs.c.model_calls, runs.c.input_tokens, runs.c.output_tokens, runs.c.cost_usd
+        ).where(runs.c.id == run_id)
+    ).one()
+    loop_calls = connection.execute(
+        select(agent_loops.c.model_calls).where(agent_loops.c.id == loop_id)
+    ).scalar()
     return RunTotals(
         run.model_calls, run.input_tokens, run.output_tokens, run.cost_usd, int(loop_calls or 0)
     )

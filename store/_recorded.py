@@ -35,30 +35,37 @@ class Reusable:
     source: str  # own | operator | recording
 
 
-def reusable_response(
-    store: Store, step_id: str, request_hash: str, recorded_from: str | None = None
-) -> Reusable | None:
-    """A response this model-call step may use without asking the model, or None."""
-    with store.read() as connection:
-        own = connection.execute(
-            select(model_calls.c.response, model_calls.c.request_hash).where(
-                model_calls.c.step_id == step_id
-            )
-        ).first()
-        if own is not None and own.request_hash == request_hash:
-            return Reusable(dict(own.response), OWN)
-        if own is not None and own.request_hash == OPERATOR_SUPPLIED:
-            return Reusable(dict(own.response), OPERATOR)
-        if recorded_from is None:
-            return None
-        original = connection.execute(
-            select(model_calls.c.response, model_calls.c.request_hash).where(
-                model_calls.c.step_id == recorded_from
-            )
-        ).first()
-    if original is not None and original.request_hash == request_hash:
-        return Reusable(dict(original.response), RECORDING)
-    return None
+@dataclass(frozen=True)
+class RecordedResponses:
+    """The model-call rows a step may reuse: its own, and in a recorded fork the parent's."""
+
+    own: tuple[dict[str, Any], str] | None  # (response, request hash)
+    original: tuple[dict[str, Any], str] | None
+
+    def reusable(self, request_hash: str) -> Reusable | None:
+        """The response to use for this request without asking the model, or None."""
+        if self.own is not None and self.own[1] == request_hash:
+            return Reusable(dict(self.own[0]), OWN)
+        if self.own is not None and self.own[1] == OPERATOR_SUPPLIED:
+            return Reusable(dict(self.own[0]), OPERATOR)
+        if self.original is not None and self.original[1] == request_hash:
+            return Reusable(dict(self.original[0]), RECORDING)
+        return None
+
+
+def recorded_responses(
+    connection: Connection, step_id: str, recorded_from: str | None
+) -> RecordedResponses:
+    """This step's recorded response and, in a recorded fork, the parent step's: PK reads."""
+    query = select(model_calls.c.response, model_calls.c.request_hash)
+    own = connection.execute(query.where(model_calls.c.step_id == step_id)).first()
+    original = None
+    if recorded_from is not None:
+        original = connection.execute(query.where(model_calls.c.step_id == recorded_from)).first()
+    return RecordedResponses(
+        own=(own.response, own.request_hash) if own is not None else None,
+        original=(original.response, original.request_hash) if original is not None else None,
+    )
 
 
 def recorded_tool_result(store: Store, recorded_from: str, tool: str, arguments: Any) -> Any:

@@ -101,6 +101,7 @@ class Agent:
         }
         self.base_url = base_url
         self.api_key = api_key
+        self._offered: dict[str, Any] | None = None
         existing = _agents.get(name)
         if existing is not None and existing.instructions != instructions:
             raise ActorError(f"two agents are named {name!r}; agent names are unique")
@@ -160,20 +161,26 @@ class Agent:
 
     def request(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The Chat Completions request for the next model call."""
-        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.settings}
-        if self.tools:
-            body["tools"] = [
-                t.schema() if isinstance(t, Tool) else t.tool_schema() for t in self.tools
-            ]
-        if self.output is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": self.output.__name__,
-                    "schema": self.output.model_json_schema(),
-                },
-            }
-        return body
+        return {"model": self.model, "messages": messages, **self.settings, **self._offer()}
+
+    def _offer(self) -> dict[str, Any]:
+        """The tools and the response format: the same in every request, so built once."""
+        if self._offered is None:
+            offer: dict[str, Any] = {}
+            if self.tools:
+                offer["tools"] = [
+                    t.schema() if isinstance(t, Tool) else t.tool_schema() for t in self.tools
+                ]
+            if self.output is not None:
+                offer["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": self.output.__name__,
+                        "schema": self.output.model_json_schema(),
+                    },
+                }
+            self._offered = offer
+        return self._offered
 
 
 def agent_named(name: str) -> Agent:

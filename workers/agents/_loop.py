@@ -5,6 +5,9 @@
           └──────────────────────── agent.tools_joined ◄────────────────────────┘
     agent.model_call ──(final answer)──► agent.finished   (or the parent agent's tool_result)
 
+A response with a single tool call has nothing to join: its tool-call step appends the answer
+and asks the model again itself (one step fewer per turn; the common case).
+
 Model and tool calls are async: they wait on the network on the worker's event loop, not in
 a thread, so one process keeps hundreds in flight.
 """
@@ -20,16 +23,16 @@ from pydantic import BaseModel, ValidationError
 
 from events import describe_validation
 from store._agents import (
+    RunTotals,
     append_messages,
     count_usage,
     finish_loop,
-    read_window,
+    model_call_inputs,
     record_response,
     record_tool_result,
-    run_totals,
     tool_intent,
 )
-from store._recorded import OWN, recorded_tool_result, reusable_response
+from store._recorded import OWN, Reusable, recorded_tool_result
 from workers import _metrics
 from workers._actor import actor
 from workers._context import Context
@@ -78,46 +81,26 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
     runtime = ctx._runtime
     config = runtime.config
     prices = prices_with(config.model_prices)
-    messages = await asyncio.to_thread(
-        read_window,
+    inputs = await asyncio.to_thread(
+        model_call_inputs,
         runtime.store,
-        event.loop_id,
+        run_id=ctx.run_id,
+        loop_id=event.loop_id,
+        step_id=ctx.step_id,
+        recorded_from=ctx.recorded_from,
         next_seq=event.seq,
         head=HEAD_MESSAGES,
         window=agent.context_window,
     )
-    request = agent.request(messages)
-    await asyncio.to_thread(_check_budget, agent, ctx, event, request, prices)
+    request = agent.request(inputs.messages)
     digest = request_hash(request)
-    response = await _reusable(agent, event, ctx, request, digest, prices)
-    if response is None:
-        client = client_for(
-            agent.base_url or config.model_base_url,
-            agent.api_key or config.model_api_key,
-            timeout=config.model_timeout_seconds,
-            max_retries=config.model_max_retries,
-        )
-        started = time.perf_counter()
-        with chat_span(request, agent.base_url or config.model_base_url) as chat:
-            response = await complete(client, request)
-            chat.record(response)
-        usage = usage_of(response, prices)
-        _metrics.model_used(agent.name, agent.model, usage)
-        await asyncio.to_thread(
-            record_response,
-            runtime.store,
-            step_id=ctx.step_id,
-            run_id=ctx.run_id,
-            loop_id=event.loop_id,
-            agent=agent.name,
-            model=agent.model,
-            request_hash=digest,
-            request=request,
-            response=response,
-            usage=usage,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            attempt=ctx.attempt,
-        )
+    reused = inputs.recorded.reusable(digest)
+    if reused is not None and reused.source == OWN:
+        # An earlier attempt of this step was answered (and, having asked, passed the budget).
+        response = reused.response
+    else:
+        _check_budget(agent, inputs.totals, request, prices)
+        response = await _ask(agent, event, ctx, request, digest, prices, reused)
     usage = usage_of(response, prices)
     reply = assistant_message(response)
     ctx.defer_write(
@@ -154,40 +137,55 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
     return _final(agent, event, ctx, reply.get("content") or "")
 
 
-async def _reusable(
+async def _ask(
     agent: Agent,
     event: ModelCallRequested,
     ctx: Context,
     request: dict[str, Any],
     digest: str,
     prices: Any,
-) -> dict[str, Any] | None:
-    """A response to use without asking the model (DESIGN.md invariant 7): this step's own
-    from an earlier attempt, an operator's edited one, or in a recorded fork the parent's for
-    the same request. The last two are kept as this step's record, so a retry reuses them."""
-    store = ctx._runtime.store
-    reused = await asyncio.to_thread(
-        reusable_response, store, ctx.step_id, digest, ctx.recorded_from
-    )
-    if reused is None:
-        return None
-    if reused.source != OWN:
-        await asyncio.to_thread(
-            record_response,
-            store,
-            step_id=ctx.step_id,
-            run_id=ctx.run_id,
-            loop_id=event.loop_id,
-            agent=agent.name,
-            model=agent.model,
-            request_hash=digest,
-            request=request,
-            response=reused.response,
-            usage=usage_of(reused.response, prices),
-            latency_ms=0.0,
-            attempt=ctx.attempt,
+    reused: Reusable | None,
+) -> dict[str, Any]:
+    """The model's answer, kept as this step's record the moment it arrives.
+
+    A response to use without asking (DESIGN.md invariant 7) is an operator's edited one or,
+    in a recorded fork, the parent's for the same request; it is kept as this step's own, so
+    a retry reuses it.
+    """
+    runtime = ctx._runtime
+    config = runtime.config
+    started = time.perf_counter()
+    if reused is not None:
+        response = reused.response
+    else:
+        client = client_for(
+            agent.base_url or config.model_base_url,
+            agent.api_key or config.model_api_key,
+            timeout=config.model_timeout_seconds,
+            max_retries=config.model_max_retries,
         )
-    return reused.response
+        with chat_span(request, agent.base_url or config.model_base_url) as chat:
+            response = await complete(client, request)
+            chat.record(response)
+    usage = usage_of(response, prices)
+    if reused is None:
+        _metrics.model_used(agent.name, agent.model, usage)
+    await asyncio.to_thread(
+        record_response,
+        runtime.store,
+        step_id=ctx.step_id,
+        run_id=ctx.run_id,
+        loop_id=event.loop_id,
+        agent=agent.name,
+        model=agent.model,
+        request_hash=digest,
+        request=request,
+        response=response,
+        usage=usage,
+        latency_ms=0.0 if reused is not None else (time.perf_counter() - started) * 1000,
+        attempt=ctx.attempt,
+    )
+    return response
 
 
 def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) -> Any:
@@ -230,26 +228,31 @@ def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) 
     ctx.defer_write(lambda c: finish_loop(c, event.loop_id, output))
     parent = event.parent
     if parent is not None:
-        return ToolCallFinished(
-            agent=parent.agent,
-            loop_id=parent.loop_id,
-            call_id=parent.call_id,
-            name=parent.name,
-            content=output if isinstance(output, str) else json.dumps(output),
-            index=parent.index,
-            count=parent.count,
-            seq=parent.seq,
-            parent=parent.parent,
+        return _answered(
+            ToolCallFinished(
+                agent=parent.agent,
+                loop_id=parent.loop_id,
+                call_id=parent.call_id,
+                name=parent.name,
+                content=output if isinstance(output, str) else json.dumps(output),
+                index=parent.index,
+                count=parent.count,
+                seq=parent.seq,
+                parent=parent.parent,
+            ),
+            ctx,
         )
     return AgentFinished(agent=agent.name, loop_id=event.loop_id, output=output)
 
 
 def _check_budget(
-    agent: Agent, ctx: Context, event: ModelCallRequested, request: dict[str, Any], prices: Any
+    agent: Agent,
+    totals: RunTotals,
+    request: dict[str, Any],
+    prices: Any,
 ) -> None:
     """Stop before a model call that the policy does not allow, with the figures."""
     policy = agent.policy
-    totals = run_totals(ctx._runtime.store, ctx.run_id, event.loop_id)
     spent = (
         f"so far {totals.model_calls} model call(s), {totals.input_tokens:,} input + "
         f"{totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
@@ -293,20 +296,20 @@ async def tool_call(event: ToolCallRequested, ctx: Context) -> Any:
     target = agent.tool_named(event.name)
     if target is None:
         known = ", ".join(t.name for t in agent.tools) or "none"
-        return _answer(event, f"error: there is no tool {event.name!r}; available: {known}")
+        return _answer(event, ctx, f"error: there is no tool {event.name!r}; available: {known}")
     if isinstance(target, Agent):
         return _hand_off(target, event, ctx)
     try:
         arguments = target.validate(event.arguments)
     except ToolArgumentsInvalid as error:
-        return _answer(event, f"error: invalid arguments for {event.name}: {error}")
+        return _answer(event, ctx, f"error: invalid arguments for {event.name}: {error}")
     if target.approval:
         decision, data = await asyncio.to_thread(ctx.wait_for_any, ("approve", "reject"))
         if decision == "reject":
             reason = data.get("reason") or "no reason given"
-            return _answer(event, f"rejected by an operator: {reason}")
+            return _answer(event, ctx, f"rejected by an operator: {reason}")
     content = await _call_once(target, arguments, event, ctx)
-    return _answer(event, content)
+    return _answer(event, ctx, content)
 
 
 async def _call_once(
@@ -383,17 +386,22 @@ def _render(result: Any) -> str:
     return json.dumps(result, default=str)
 
 
-def _answer(event: ToolCallRequested, content: str) -> ToolCallFinished:
-    return ToolCallFinished(
-        agent=event.agent,
-        loop_id=event.loop_id,
-        call_id=event.call_id,
-        name=event.name,
-        content=content,
-        index=event.index,
-        count=event.count,
-        seq=event.seq,
-        parent=event.parent,
+def _answer(
+    event: ToolCallRequested, ctx: Context, content: str
+) -> ToolCallFinished | ModelCallRequested:
+    return _answered(
+        ToolCallFinished(
+            agent=event.agent,
+            loop_id=event.loop_id,
+            call_id=event.call_id,
+            name=event.name,
+            content=content,
+            index=event.index,
+            count=event.count,
+            seq=event.seq,
+            parent=event.parent,
+        ),
+        ctx,
     )
 
 
@@ -420,6 +428,19 @@ def _hand_off(target: Agent, event: ToolCallRequested, ctx: Context) -> ModelCal
 @actor(on=ToolCallFinished, name="baton.agent.tools_joined", join=True, retries=3)
 def tools_joined(results: list[ToolCallFinished], ctx: Context) -> ModelCallRequested:
     """Every tool call of one model response has answered: hand the answers to the model."""
+    return _next_model_call(results, ctx)
+
+
+def _answered(answer: ToolCallFinished, ctx: Context) -> ToolCallFinished | ModelCallRequested:
+    """A tool call's answer: to the join when its response made several calls; when it made
+    only this one, there is nothing to wait for, and the next model call follows directly."""
+    if answer.count == 1:
+        return _next_model_call([answer], ctx)
+    return answer
+
+
+def _next_model_call(results: list[ToolCallFinished], ctx: Context) -> ModelCallRequested:
+    """Append the tool answers to the conversation, in the calls' order, and ask again."""
     ordered = sorted(results, key=lambda r: r.index)
     first = ordered[0]
     messages = [
