@@ -7,16 +7,16 @@ their own. Every read here is an index seek bounded by its arguments, never a wh
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, union_all, update
+from sqlalchemy import Connection, update
 
-from store._appending import insert_on_conflict_ignore
 from store._engine import Store
-from store._recorded import RecordedResponses, recorded_responses
-from store._tables import agent_loops, conversation, model_calls, runs, tool_calls
+from store._hot import Statement, json_in
+from store._recorded import RecordedResponses, json_reader, recorded_responses
+from store._tables import agent_loops
 
 
 @dataclass(frozen=True)
@@ -50,25 +50,19 @@ def create_loop(
     step_id: str,
 ) -> None:
     """Open an agent loop with its first messages (instructions and input)."""
-    now = time.time()
-    connection.execute(
-        insert_on_conflict_ignore(connection, agent_loops),
-        [
-            {
-                "id": loop_id,
-                "run_id": run_id,
-                "agent": agent,
-                "model": model,
-                "parent_loop_id": parent_loop_id,
-                "parent_call_id": parent_call_id,
-                "status": "running",
-                "created_at": now,
-            }
-        ],
+    _LOOP_INSERT.run(
+        connection,
+        {
+            "id": loop_id,
+            "run_id": run_id,
+            "agent": agent,
+            "model": model,
+            "parent_loop_id": parent_loop_id,
+            "parent_call_id": parent_call_id,
+            "created_at": time.time(),
+        },
     )
-    connection.execute(
-        update(runs).where(runs.c.id == run_id, runs.c.agent.is_(None)).values(agent=agent)
-    )
+    _RUN_AGENT.run(connection, {"id": run_id, "agent": agent})
     append_messages(
         connection, loop_id=loop_id, run_id=run_id, step_id=step_id, start_seq=0, messages=messages
     )
@@ -87,16 +81,16 @@ def append_messages(
     if not messages:
         return
     now = time.time()
-    connection.execute(
-        insert_on_conflict_ignore(connection, conversation),
+    _MESSAGES_INSERT.run(
+        connection,
         [
             {
                 "loop_id": loop_id,
                 "seq": start_seq + offset,
                 "run_id": run_id,
                 "role": message["role"],
-                "content": message.get("content"),
-                "tool_calls": message.get("tool_calls"),
+                "content": _json_in(connection, message.get("content")),
+                "tool_calls": _json_in(connection, message.get("tool_calls")),
                 "tool_call_id": message.get("tool_call_id"),
                 "name": message.get("name"),
                 "step_id": step_id,
@@ -145,16 +139,14 @@ def read_window(
     tool result whose request fell outside the window (the API would refuse it).
     """
     tail_start = max(head, next_seq - window)
-    # Two ranges in one UNION ALL: with an OR, SQLite seeks on loop_id alone and reads every
-    # message of the loop, so each step would cost more than the one before.
-    first = select(conversation).where(conversation.c.loop_id == loop_id, conversation.c.seq < head)
-    last = select(conversation).where(
-        conversation.c.loop_id == loop_id,
-        conversation.c.seq >= tail_start,
-        conversation.c.seq < next_seq,
+    rows = list(
+        _WINDOW_READ.run(
+            connection,
+            {"loop_id": loop_id, "head": head, "tail_start": tail_start, "next_seq": next_seq},
+        )
     )
-    rows = connection.execute(union_all(first, last).order_by("seq")).all()
-    messages = [_message(row) for row in rows]
+    parse = json_reader(connection)
+    messages = [_message(row, parse) for row in rows]
     head_messages = [m for m, row in zip(messages, rows, strict=True) if row.seq < head]
     tail = [m for m, row in zip(messages, rows, strict=True) if row.seq >= head]
     while tail and tail[0]["role"] == "tool":
@@ -162,10 +154,11 @@ def read_window(
     return head_messages + tail
 
 
-def _message(row: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": row.role, "content": row.content}
-    if row.tool_calls:
-        message["tool_calls"] = row.tool_calls
+def _message(row: Any, parse: Callable[[Any], Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": row.role, "content": parse(row.content)}
+    tool_calls_ = parse(row.tool_calls)
+    if tool_calls_:
+        message["tool_calls"] = tool_calls_
     if row.tool_call_id:
         message["tool_call_id"] = row.tool_call_id
     if row.name and row.role != "tool":
@@ -175,16 +168,15 @@ def _message(row: Any) -> dict[str, Any]:
 
 def run_totals(connection: Connection, run_id: str, loop_id: str) -> RunTotals:
     """The run's committed usage and this loop's model calls: two primary-key reads."""
-    run = connection.execute(
-        select(
-            runs.c.model_calls, runs.c.input_tokens, runs.c.output_tokens, runs.c.cost_usd
-        ).where(runs.c.id == run_id)
-    ).one()
-    loop_calls = connection.execute(
-        select(agent_loops.c.model_calls).where(agent_loops.c.id == loop_id)
-    ).scalar()
+    run = _TOTALS_READ.run(connection, {"run_id": run_id, "loop_id": loop_id}).first()
+    if run is None:
+        raise LookupError(f"no run {run_id}")
     return RunTotals(
-        run.model_calls, run.input_tokens, run.output_tokens, run.cost_usd, int(loop_calls or 0)
+        run.model_calls,
+        run.input_tokens,
+        run.output_tokens,
+        run.cost_usd,
+        int(run.loop_calls or 0),
     )
 
 
@@ -208,60 +200,50 @@ def record_response(
     A worker killed between the two does not pay for the same call twice: the retry finds
     this row and reuses it.
     """
-    values = {
-        "run_id": run_id,
-        "loop_id": loop_id,
-        "agent": agent,
-        "model": model,
-        "request_hash": request_hash,
-        "request": request,
-        "response": response,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "cost_usd": usage.cost_usd,
-        "latency_ms": latency_ms,
-        "attempt": attempt,
-        "created_at": time.time(),
-    }
     with store.transaction() as connection:
-        changed = connection.execute(
-            update(model_calls).where(model_calls.c.step_id == step_id).values(**values)
+        _RESPONSE_UPSERT.run(
+            connection,
+            {
+                "step_id": step_id,
+                "run_id": run_id,
+                "loop_id": loop_id,
+                "agent": agent,
+                "model": model,
+                "request_hash": request_hash,
+                "request": _json_in(connection, request),
+                "response": _json_in(connection, response),
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+                "cost_usd": usage.cost_usd,
+                "latency_ms": latency_ms,
+                "attempt": attempt,
+                "created_at": time.time(),
+            },
         )
-        if changed.rowcount == 0:
-            connection.execute(insert(model_calls).values(step_id=step_id, **values))
 
 
 def count_usage(
     connection: Connection, *, run_id: str, loop_id: str, step_id: str, usage: Usage
 ) -> None:
     """Add one model call's usage to the run's and the loop's totals, with the step's commit."""
-    connection.execute(
-        update(runs)
-        .where(runs.c.id == run_id)
-        .values(
-            model_calls=runs.c.model_calls + 1,
-            input_tokens=runs.c.input_tokens + usage.input_tokens,
-            output_tokens=runs.c.output_tokens + usage.output_tokens,
-            cached_tokens=runs.c.cached_tokens + usage.cached_tokens,
-            reasoning_tokens=runs.c.reasoning_tokens + usage.reasoning_tokens,
-            cost_usd=runs.c.cost_usd + usage.cost_usd,
-        )
+    counted = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+    _RUN_USAGE.run(
+        connection,
+        {
+            "id": run_id,
+            "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            **counted,
+        },
     )
-    connection.execute(
-        update(agent_loops)
-        .where(agent_loops.c.id == loop_id)
-        .values(
-            model_calls=agent_loops.c.model_calls + 1,
-            input_tokens=agent_loops.c.input_tokens + usage.input_tokens,
-            output_tokens=agent_loops.c.output_tokens + usage.output_tokens,
-            cost_usd=agent_loops.c.cost_usd + usage.cost_usd,
-        )
-    )
-    connection.execute(
-        update(model_calls).where(model_calls.c.step_id == step_id).values(committed=True)
-    )
+    _LOOP_USAGE.run(connection, {"id": loop_id, **counted})
+    _RESPONSE_COMMITTED.run(connection, {"step_id": step_id})
 
 
 def finish_loop(connection: Connection, loop_id: str, output: Any) -> None:
@@ -289,33 +271,143 @@ def tool_intent(
     outside world already.
     """
     with store.transaction() as connection:
-        earlier = connection.execute(
-            select(tool_calls.c.state, tool_calls.c.attempt).where(tool_calls.c.step_id == step_id)
-        ).first()
+        earlier = _TOOL_EARLIER.run(connection, {"step_id": step_id}).first()
         if earlier is None:
-            connection.execute(
-                insert(tool_calls).values(
-                    step_id=step_id,
-                    run_id=run_id,
-                    loop_id=loop_id,
-                    call_id=call_id,
-                    tool=tool,
-                    arguments=arguments,
-                    state="intent",
-                    attempt=attempt,
-                    created_at=time.time(),
-                )
+            _TOOL_INTENT.run(
+                connection,
+                {
+                    "step_id": step_id,
+                    "run_id": run_id,
+                    "loop_id": loop_id,
+                    "call_id": call_id,
+                    "tool": tool,
+                    "arguments": _json_in(connection, arguments),
+                    "attempt": attempt,
+                    "created_at": time.time(),
+                },
             )
         else:
-            connection.execute(
-                update(tool_calls).where(tool_calls.c.step_id == step_id).values(attempt=attempt)
-            )
+            _TOOL_ATTEMPT.run(connection, {"step_id": step_id, "attempt": attempt})
     return earlier
 
 
 def record_tool_result(connection: Connection, step_id: str, result: Any) -> None:
-    connection.execute(
-        update(tool_calls)
-        .where(tool_calls.c.step_id == step_id)
-        .values(state="done", result=result, finished_at=time.time())
+    _TOOL_DONE.run(
+        connection,
+        {"step_id": step_id, "result": _json_in(connection, result), "finished_at": time.time()},
     )
+
+
+# -- the fixed SQL of every model and tool call (see store/_hot.py for why it is driver SQL) --
+
+_LOOP_INSERT = Statement(
+    """
+    INSERT INTO agent_loops (id, run_id, agent, model, parent_loop_id, parent_call_id, status,
+                             model_calls, input_tokens, output_tokens, cost_usd, created_at)
+    VALUES (:id, :run_id, :agent, :model, :parent_loop_id, :parent_call_id, 'running',
+            0, 0, 0, 0.0, :created_at)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+_RUN_AGENT = Statement("UPDATE runs SET agent = :agent WHERE id = :id AND agent IS NULL")
+
+_MESSAGE_COLUMNS = "seq, role, content, tool_calls, tool_call_id, name"
+_WINDOW_READ = Statement(
+    f"""
+    SELECT {_MESSAGE_COLUMNS} FROM conversation WHERE loop_id = :loop_id AND seq < :head
+    UNION ALL
+    SELECT {_MESSAGE_COLUMNS} FROM conversation
+    WHERE loop_id = :loop_id AND seq >= :tail_start AND seq < :next_seq
+    ORDER BY seq
+    """
+)
+# Two ranges in one UNION ALL: with an OR, SQLite seeks on loop_id alone and reads every
+# message of the loop, so each step would cost more than the one before.
+
+_MESSAGES_INSERT = Statement(
+    """
+    INSERT INTO conversation (loop_id, seq, run_id, role, content, tool_calls, tool_call_id,
+                              name, step_id, created_at)
+    VALUES (:loop_id, :seq, :run_id, :role, :content, :tool_calls, :tool_call_id, :name,
+            :step_id, :created_at)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+_TOTALS_READ = Statement(
+    """
+    SELECT model_calls, input_tokens, output_tokens, cost_usd,
+           (SELECT model_calls FROM agent_loops WHERE id = :loop_id) AS loop_calls
+    FROM runs WHERE id = :run_id
+    """
+)
+
+_RESPONSE_UPSERT = Statement(
+    """
+    INSERT INTO model_calls (step_id, run_id, loop_id, agent, model, request_hash, request,
+                             response, input_tokens, output_tokens, cached_tokens,
+                             reasoning_tokens, cost_usd, latency_ms, attempt, committed,
+                             created_at)
+    VALUES (:step_id, :run_id, :loop_id, :agent, :model, :request_hash, :request, :response,
+            :input_tokens, :output_tokens, :cached_tokens, :reasoning_tokens, :cost_usd,
+            :latency_ms, :attempt, FALSE, :created_at)
+    ON CONFLICT (step_id) DO UPDATE SET
+        run_id = excluded.run_id, loop_id = excluded.loop_id, agent = excluded.agent,
+        model = excluded.model, request_hash = excluded.request_hash,
+        request = excluded.request, response = excluded.response,
+        input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+        cached_tokens = excluded.cached_tokens, reasoning_tokens = excluded.reasoning_tokens,
+        cost_usd = excluded.cost_usd, latency_ms = excluded.latency_ms,
+        attempt = excluded.attempt, created_at = excluded.created_at
+    """
+)
+
+_RUN_USAGE = Statement(
+    """
+    UPDATE runs SET model_calls = model_calls + 1,
+        input_tokens = input_tokens + :input_tokens,
+        output_tokens = output_tokens + :output_tokens,
+        cached_tokens = cached_tokens + :cached_tokens,
+        reasoning_tokens = reasoning_tokens + :reasoning_tokens,
+        cost_usd = cost_usd + :cost_usd
+    WHERE id = :id
+    """
+)
+
+_LOOP_USAGE = Statement(
+    """
+    UPDATE agent_loops SET model_calls = model_calls + 1,
+        input_tokens = input_tokens + :input_tokens,
+        output_tokens = output_tokens + :output_tokens,
+        cost_usd = cost_usd + :cost_usd
+    WHERE id = :id
+    """
+)
+
+_RESPONSE_COMMITTED = Statement("UPDATE model_calls SET committed = TRUE WHERE step_id = :step_id")
+
+_TOOL_EARLIER = Statement("SELECT state, attempt FROM tool_calls WHERE step_id = :step_id")
+
+_TOOL_INTENT = Statement(
+    """
+    INSERT INTO tool_calls (step_id, run_id, loop_id, call_id, tool, arguments, state, attempt,
+                            created_at)
+    VALUES (:step_id, :run_id, :loop_id, :call_id, :tool, :arguments, 'intent', :attempt,
+            :created_at)
+    """
+)
+
+_TOOL_ATTEMPT = Statement("UPDATE tool_calls SET attempt = :attempt WHERE step_id = :step_id")
+
+_TOOL_DONE = Statement(
+    """
+    UPDATE tool_calls SET state = 'done', result = :result, finished_at = :finished_at
+    WHERE step_id = :step_id
+    """
+)
+
+
+def _json_in(connection: Connection, value: Any) -> Any:
+    """A value for a nullable JSON column: SQL NULL for None."""
+    return None if value is None else json_in(connection, value)

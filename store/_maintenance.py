@@ -11,6 +11,7 @@ from sqlalchemy import and_, delete, exists, insert, or_, select, update
 from store import _ids
 from store._appending import add_to_outbox
 from store._engine import Store
+from store._hot import Statement
 from store._model import RUN_FAILED, STEP_PENDING, STEP_RUNNING, Publish
 from store._steps import publish_from_outbox
 from store._tables import dead_letters, outbox, runs, steps
@@ -34,7 +35,12 @@ def confirm_published(store: Store, message_ids: Sequence[str]) -> None:
     if not message_ids:
         return
     with store.transaction() as connection:
-        connection.execute(delete(outbox).where(outbox.c.message_id.in_(message_ids)))
+        # One prepared DELETE run per id: an IN list of hundreds of ids costs more to build
+        # as an expression than the deletes cost SQLite.
+        _OUTBOX_DELETE.run(connection, [{"message_id": m} for m in message_ids])
+
+
+_OUTBOX_DELETE = Statement("DELETE FROM outbox WHERE message_id = :message_id")
 
 
 def reissue(store: Store, publish: Sequence[Publish]) -> list[Publish]:

@@ -8,8 +8,9 @@ unchanged. Each is one primary-key read.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, insert, select
 
 from store._engine import Store
 from store._errors import InvalidState
+from store._hot import Statement
 from store._tables import model_calls, tool_calls
 
 MODEL_CALL_ACTOR = "baton.agent.model_call"
@@ -57,15 +59,35 @@ def recorded_responses(
     connection: Connection, step_id: str, recorded_from: str | None
 ) -> RecordedResponses:
     """This step's recorded response and, in a recorded fork, the parent step's: PK reads."""
-    query = select(model_calls.c.response, model_calls.c.request_hash)
-    own = connection.execute(query.where(model_calls.c.step_id == step_id)).first()
+    parse = json_reader(connection)
+    own = _RESPONSE_READ.run(connection, {"step_id": step_id}).first()
     original = None
     if recorded_from is not None:
-        original = connection.execute(query.where(model_calls.c.step_id == recorded_from)).first()
+        original = _RESPONSE_READ.run(connection, {"step_id": recorded_from}).first()
     return RecordedResponses(
-        own=(own.response, own.request_hash) if own is not None else None,
-        original=(original.response, original.request_hash) if original is not None else None,
+        own=(parse(own.response), own.request_hash) if own is not None else None,
+        original=(parse(original.response), original.request_hash) if original else None,
     )
+
+
+_RESPONSE_READ = Statement(
+    "SELECT response, request_hash FROM model_calls WHERE step_id = :step_id"
+)
+
+
+def json_reader(connection: Connection) -> Callable[[Any], Any]:
+    """How to read a JSON column on the driver's rows: psycopg parses it; SQLite gives text."""
+    if connection.dialect.name == "postgresql":
+        return _unchanged
+    return _parsed
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def _parsed(value: Any) -> Any:
+    return None if value is None else json.loads(value)
 
 
 def recorded_tool_result(store: Store, recorded_from: str, tool: str, arguments: Any) -> Any:
