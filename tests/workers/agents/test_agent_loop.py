@@ -128,12 +128,34 @@ thrifty = Agent(
 )
 
 
+@tool(idempotent=True)
+def t_agents_rate(currency: str) -> str:
+    """Today's exchange rate from euros to a currency."""
+    return f"1 EUR = 1.08 {currency}"
+
+
+# Hand-off: the lead offers the specialist, an agent on a bigger model, as its only tool.
+specialist = Agent(
+    name="t_agents_specialist",
+    model="gpt-4.1",
+    instructions="You know exchange rates. Look the rate up with the tool, then answer.",
+    tools=[t_agents_rate],
+    description="Answers questions about exchange rates.",
+)
+lead = Agent(
+    name="t_agents_lead",
+    model="gpt-4.1-mini",
+    instructions="Ask the specialist, then answer the user in one line.",
+    tools=[specialist],
+)
+
+
 class LoopStart(Event, type="t_agents_loop.start"):
     agent: str
     input: str
 
 
-AGENTS = {a.name: a for a in (fan_out, strict, fragile, plain, one_step, thrifty)}
+AGENTS = {a.name: a for a in (fan_out, strict, fragile, plain, one_step, thrifty, lead)}
 
 
 @actor(on=LoopStart)
@@ -209,6 +231,40 @@ def test_parallel_tool_calls_fan_out_and_the_next_model_call_sees_every_result_i
 
 
 # -- the model's mistakes and the tools' failures go back to the model -----------------------
+
+
+def test_an_agent_as_a_tool_runs_its_own_loop_on_its_own_model_and_answers_the_caller(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given a lead agent whose only tool is a specialist agent with a model of its own
+    worker = agent_worker(offline_model())
+
+    # When the lead runs and calls the specialist
+    run_id = start(worker, lead, "How many dollars is one euro?")
+
+    # Then the specialist ran a loop of its own, on its own model, inside the same run
+    assert wait_for_run(store, run_id) == "succeeded"
+    calls = recorded_model_calls(run_id)
+    assert [c["model"] for c in calls] == ["gpt-4.1-mini", "gpt-4.1", "gpt-4.1", "gpt-4.1-mini"]
+    assert [c["agent"] for c in calls] == [lead.name, specialist.name, specialist.name, lead.name]
+    assert [t["tool"] for t in tool_calls_of(store, run_id)] == [t_agents_rate.name]
+    # And its final answer came back to the lead as the answer to that one tool call, with no
+    # join step in between (a single call has nothing to wait for)
+    lead_call = calls[0]["response"]["choices"][0]["message"]["tool_calls"][0]
+    answer = calls[2]["response"]["choices"][0]["message"]["content"]
+    assert answer
+    assert calls[3]["request"]["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": lead_call["id"],
+        "content": answer,
+    }
+    assert steps_of(store, run_id, "baton.agent.tools_joined") == []
+    # And only the lead's output finishes the run
+    finished = [e for e in run_detail(store, run_id)["events"] if e["type"] == "agent.finished"]
+    assert [e["data"]["agent"] for e in finished] == [lead.name]
 
 
 def test_invalid_tool_arguments_are_answered_with_the_validation_error(
