@@ -230,6 +230,16 @@ def _describe(
             f"{actor_name}: {steps} steps, claimed from +{first - first_claim:.2f} s to "
             f"+{last - first_claim:.2f} s, last finished +{finished - first_claim:.2f} s"
         )
+    # How long ready steps waited for the worker: near zero unless it is saturated.
+    waits: dict[str, list[float]] = {}
+    for actor_name, waited in rows(store, "SELECT actor, started_at - created_at FROM steps"):
+        waits.setdefault(actor_name, []).append(float(waited) * 1000)
+    for actor_name, waited in sorted(waits.items()):
+        waited.sort()
+        result.notes.append(
+            f"{actor_name}: waited to start p50 {percentile(waited, 0.5):.0f} ms, "
+            f"p95 {percentile(waited, 0.95):.0f} ms after its cause committed"
+        )
     latencies = [
         r[0] for r in rows(store, "SELECT latency_ms FROM model_calls ORDER BY latency_ms")
     ]
