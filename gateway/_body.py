@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from gateway._errors import ApiError
 
@@ -21,10 +21,10 @@ def too_large(limit: int) -> ApiError:
     )
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The whole body, or ApiError 413 as soon as more than ``limit`` bytes are declared or
-    received; ApiError 400 if the client goes away or declares a nonsense length."""
-    declared = request.headers.get("content-length")
+async def read_capped_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The whole body, or ApiError 413 as soon as more than ``limit`` bytes are declared (the
+    Content-Length, ``declared``) or received; ApiError 400 if the client goes away or
+    declares a nonsense length."""
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(
@@ -33,11 +33,19 @@ async def read_capped(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise too_large(limit)
     body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ApiError(400, "client_disconnected", "the client went away mid-body")
+        chunk: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if not more and not body:
+            # The usual case, the whole body in one message: no copy.
+            if len(chunk) > limit:
                 raise too_large(limit)
-    except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client went away mid-body") from None
-    return bytes(body)
+            return chunk
+        body += chunk
+        if len(body) > limit:
+            raise too_large(limit)
+        if not more:
+            return bytes(body)

@@ -12,12 +12,11 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 
 from sqlalchemy.exc import IntegrityError
 
-from gateway._batch import RunRequest, create_runs
+from gateway._batch import RunRequest, create_runs, settle
 from gateway._sender import Sender
 from store import CreatedRun, Publish, confirm_published, create_run
 from workers import Runtime
@@ -37,7 +36,7 @@ class Committer(threading.Thread):
         super().__init__(name="baton-gateway-committer", daemon=True)
         self.runtime = runtime
         self._write_lock = write_lock
-        self._queue: queue.SimpleQueue[RunRequest | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[RunRequest] | None] = queue.SimpleQueue()
         # Message ids Redis has taken whose outbox rows are not deleted yet.
         self._sent: list[str] = []
         self._sent_lock = threading.Lock()
@@ -47,9 +46,9 @@ class Committer(threading.Thread):
         self.sender.start()
         super().start()
 
-    def submit(self, request: RunRequest) -> Future[CreatedRun]:
-        self._queue.put(request)
-        return request.answer
+    def submit(self, requests: list[RunRequest]) -> None:
+        """Queue runs to create; each request's answer is settled once its run committed."""
+        self._queue.put(requests)
 
     def publish(self, messages: list[Publish]) -> None:
         """Send messages another transaction committed (a replay, a signal)."""
@@ -82,7 +81,7 @@ class Committer(threading.Thread):
                 if job is None:
                     stopping = True
                 else:
-                    requests.append(job)
+                    requests += job
                 if len(requests) >= MAX_BATCH:
                     break
                 try:
@@ -95,8 +94,7 @@ class Committer(threading.Thread):
                 except Exception as error:
                     # A dead committer would leave every later request waiting forever.
                     _logger.exception("committing %d run(s) failed", len(requests))
-                    for request in requests:
-                        _settle(request.answer, error=error)
+                    settle(requests, [error] * len(requests))
         self.sender.stop()
         self._confirm()
 
@@ -119,13 +117,11 @@ class Committer(threading.Thread):
             self._note_sent(confirmed)
             _logger.warning("could not create %d run(s): %s", len(requests), error)
             created = [error] * len(requests)
+        settle(requests, created)
         messages: list[Publish] = []
-        for request, answer in zip(requests, created, strict=True):
-            if isinstance(answer, BaseException):
-                _settle(request.answer, error=answer)
-            else:
+        for answer in created:
+            if not isinstance(answer, BaseException):
                 messages += answer.publish
-                _settle(request.answer, result=answer)
         return messages
 
     def _one(self, request: RunRequest) -> CreatedRun | BaseException:
@@ -167,18 +163,3 @@ class Committer(threading.Thread):
                     "could not confirm %d published message(s): %s", len(confirmed), error
                 )
                 return
-
-
-def _settle(
-    future: Future[CreatedRun],
-    *,
-    result: CreatedRun | None = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        assert result is not None
-        future.set_result(result)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import anyio
+from opentelemetry.trace import Span
 
 from events import Event
-from gateway._batch import RunRequest
+from gateway._batch import Answer, RunRequest
 from gateway._committer import Committer
 from gateway._errors import ApiError
 from gateway._events import trigger_event
@@ -26,6 +27,8 @@ from workers import Runtime, WorkerError, import_modules
 from workers._tracing import run_trace
 
 _logger = logging.getLogger("baton.gateway")
+# (trace id, parent span id) of a run: None for a new trace, or for its first span.
+Root = tuple[str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Intake:
         self.runtime = runtime
         self.store = runtime.store
         self._import_lock = threading.Lock()
+        # Deliveries read in this turn of each event loop, not yet handed to the committer.
+        self._pending: dict[asyncio.AbstractEventLoop, list[RunRequest]] = {}
         # SQLite has one writer at a time; waiting on a lock here is fair and immediate,
         # where SQLite's own busy handler sleeps for milliseconds between tries.
         self.committer = Committer(
@@ -66,24 +71,38 @@ class Intake:
 
     # -- webhooks ------------------------------------------------------------------------
 
-    async def deliver(self, delivery: Delivery) -> Outcome:
+    async def deliver(self, delivery: Delivery, span: Span) -> Outcome:
         """Start the delivery's run, or answer with the run it already started, or record it
-        as ignored when no actor subscribes to its type."""
+        as ignored when no actor subscribes to its type. ``span`` (the request's) is the root
+        of the run's trace."""
         dedupe_key = f"webhook:{delivery.source}:{delivery.delivery_id}"
+        root = _ids_of(span)
         if not self.runtime.route(delivery.event_type):
             # Rare: may import modules or write an ignored record; off the event loop.
-            return await anyio.to_thread.run_sync(self._deliver_unrouted, delivery, dedupe_key)
+            return await anyio.to_thread.run_sync(
+                self._deliver_unrouted, delivery, dedupe_key, root
+            )
         event = trigger_event(delivery.event_type, delivery.data)
-        # Shielded: the run is created even if the sender hangs up; its retry then finds it.
-        created = await asyncio.shield(
-            asyncio.wrap_future(self.request_run(event, dedupe_key=dedupe_key))
-        )
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[CreatedRun] = loop.create_future()
+        request = self._request(event, dedupe_key, answer, root)
+        # The deliveries read in one turn of the event loop go to the committer together.
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append(request)
+        # Once queued the run is created even if the sender hangs up (cancelling the wait);
+        # the sender's retry then finds it.
+        created = await answer
         return Outcome("accepted" if created.created else "duplicate", created.run_id)
 
-    def _deliver_unrouted(self, delivery: Delivery, dedupe_key: str) -> Outcome:
+    def _deliver_unrouted(self, delivery: Delivery, dedupe_key: str, root: Root) -> Outcome:
         if self.subscribed(delivery.event_type):
             event = trigger_event(delivery.event_type, delivery.data)
-            created = self.start_run(event, dedupe_key=dedupe_key)
+            answer: Future[CreatedRun] = Future()
+            self.committer.submit([self._request(event, dedupe_key, answer, root)])
+            created = answer.result()
             return Outcome("accepted" if created.created else "duplicate", created.run_id)
         with self.writing():
             started = record_ignored(
@@ -101,10 +120,24 @@ class Intake:
         self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None
     ) -> Future[CreatedRun]:
         """Queue the run's first transaction; the future resolves once it has committed."""
-        trigger = NewEvent(event.type, event.model_dump(mode="json"))
+        answer: Future[CreatedRun] = Future()
         # The request's span is the run's root: the trigger's steps are its children.
-        with run_trace(event.type, trace_id) as (trace_id, root_span_id):
-            return self.committer.submit(RunRequest(trigger, dedupe_key, trace_id, root_span_id))
+        with run_trace(event.type, trace_id) as root:
+            self.committer.submit([self._request(event, dedupe_key, answer, root)])
+        return answer
+
+    def _request(
+        self,
+        event: Event,
+        dedupe_key: str | None,
+        answer: Answer,
+        root: Root,
+    ) -> RunRequest:
+        trigger = NewEvent(event.type, event.model_dump(mode="json"))
+        return RunRequest(trigger, dedupe_key, root[0], root[1], answer=answer)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.committer.submit(self._pending.pop(loop))
 
     def start_run(
         self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None
@@ -136,3 +169,11 @@ class Intake:
                 ) from None
         _logger.info("imported %s for event type %r", ", ".join(missing), event_type)
         return bool(self.runtime.route(event_type))
+
+
+def _ids_of(span: Span) -> Root:
+    """(trace id, span id) of ``span``: the trace and parent of a run it starts."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None, None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")

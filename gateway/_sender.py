@@ -1,5 +1,5 @@
-"""Hands committed messages to Redis off the committing thread, from a few threads at once:
-each send is a Redis round trip, so sends overlap each other and the next commit."""
+"""Hands committed messages to Redis off the committing thread: a batch of messages is one
+pipelined round trip, and sending overlaps the next commit."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from collections.abc import Callable
 
 from store import Publish
 from workers import Runtime
+from workers._broker import step_message
 
 _logger = logging.getLogger("baton.gateway")
-THREADS = 3
-# Messages one thread sends before reporting them sent.
-CHUNK = 32
+THREADS = 1
+# Messages sent in one round trip before reporting them sent.
+CHUNK = 256
 
 
 class Sender:
@@ -25,7 +26,7 @@ class Sender:
     ) -> None:
         self.runtime = runtime
         self._on_sent = on_sent
-        self._queue: queue.SimpleQueue[Publish | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Publish] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._run, name=f"baton-gateway-sender-{n}", daemon=True)
             for n in range(threads)
@@ -36,8 +37,8 @@ class Sender:
             thread.start()
 
     def submit(self, messages: list[Publish]) -> None:
-        for message in messages:
-            self._queue.put(message)
+        if messages:
+            self._queue.put(messages)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Send what is queued, then stop."""
@@ -49,35 +50,30 @@ class Sender:
 
     def _run(self) -> None:
         while True:
-            message = self._queue.get()
-            if message is None:
+            batch = self._queue.get()
+            if batch is None:
                 return
-            chunk = [message]
+            chunk = list(batch)
             while len(chunk) < CHUNK:
                 try:
-                    message = self._queue.get_nowait()
+                    batch = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if message is None:
+                if batch is None:
                     # Another thread's stop token: hand it back, finish this chunk.
                     self._queue.put(None)
                     break
-                chunk.append(message)
-            self._send(chunk)
+                chunk += batch
+            for start in range(0, len(chunk), CHUNK):
+                self._send(chunk[start : start + CHUNK])
 
     def _send(self, chunk: list[Publish]) -> None:
-        sent: list[str] = []
-        for message in chunk:
-            try:
-                self.runtime.send(message)
-            except Exception as error:
-                # Their outbox rows stay: the workers' relay sends them.
-                _logger.warning(
-                    "could not publish %d message(s) (%s); the relay will send them",
-                    len(chunk) - len(sent),
-                    error,
-                )
-                break
-            sent.append(message.message_id)
-        if sent:
-            self._on_sent(sent)
+        try:
+            self.runtime.broker.enqueue_many([step_message(message) for message in chunk])
+        except Exception as error:
+            # Their outbox rows stay: the workers' relay sends them.
+            _logger.warning(
+                "could not publish %d message(s) (%s); the relay will send them", len(chunk), error
+            )
+            return
+        self._on_sent([message.message_id for message in chunk])

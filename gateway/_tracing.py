@@ -7,14 +7,17 @@ trace. The run API (bearer token) continues the caller's trace when it sends one
 
 from __future__ import annotations
 
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workers._tracing import tracer
 
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 _PROPAGATED = (b"traceparent", b"tracestate")
+# An empty context: a span started in it is a root, whatever is current.
+_NO_PARENT = Context()
 
 
 class TracingMiddleware:
@@ -35,18 +38,9 @@ class TracingMiddleware:
                 if name in _PROPAGATED
             }
             parent = propagate.extract(carrier) if carrier else None
-        client = scope.get("client")
         status = 500
-        with tracer().start_as_current_span(
-            method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "url.path": path,
-                "url.scheme": scope.get("scheme", "http"),
-                **({"client.address": client[0]} if client else {}),
-            },
+        with trace.use_span(
+            start_server_span(scope, method, path, parent=parent), end_on_exit=True
         ) as span:
 
             async def send_and_note(message: Message) -> None:
@@ -62,6 +56,38 @@ class TracingMiddleware:
                 if route:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+                note_status(span, status)
+
+
+def start_server_span(
+    scope: Scope,
+    method: str,
+    path: str,
+    *,
+    route: str | None = None,
+    parent: Context | None = None,
+) -> Span:
+    """The request's SERVER span, started (the caller ends it); a root unless ``parent``."""
+    client = scope.get("client")
+    attributes = {
+        "http.request.method": method,
+        "url.path": path,
+        "url.scheme": scope.get("scheme", "http"),
+    }
+    if client:
+        attributes["client.address"] = client[0]
+    if route:
+        attributes["http.route"] = route
+    return tracer().start_span(
+        f"{method} {route}" if route else method,
+        context=parent if parent is not None else _NO_PARENT,
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )
+
+
+def note_status(span: Span, status: int) -> None:
+    """Record the answer's status on the request span; a 5xx marks it failed."""
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))

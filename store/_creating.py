@@ -1,20 +1,81 @@
 """Creating runs: each run, its trigger event, the trigger's steps and their outbox rows are
 committed together. Runs requested together (the gateway's group commit) share one
-transaction and one dedupe query; ``create_run`` is the same for one."""
+transaction, one dedupe query and one multi-row statement per table; ``create_run`` is the
+same for one."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, delete, select
 
+from store import _hot as hot
 from store import _ids
-from store._appending import append_events, settle_run
+from store._appending import _step_row, append_events, settle_run
 from store._engine import Store
 from store._model import RUN_RUNNING, CreatedRun, NewEvent, Publish, Router
 from store._tables import outbox, runs
+
+
+class _MultiRowInsert:
+    """``INSERT INTO table (columns) VALUES (...), (...), ...``: many rows in one statement.
+
+    SQLite then takes one step for the whole batch, and the driver lets go of the GIL once
+    instead of once per row: with the gateway's event loop busy, each time it had to win the
+    GIL back could cost a switch interval (5 ms), and a batch's commit waited on dozens.
+    """
+
+    # Bound parameters per statement: within SQLite's oldest limit (999) and PostgreSQL's.
+    MAX_PARAMETERS = 999
+
+    def __init__(self, table: str, columns: str, suffix: str = "") -> None:
+        self.columns = tuple(column.strip() for column in columns.split(","))
+        self.head = f"INSERT INTO {table} ({', '.join(self.columns)}) VALUES "
+        self.suffix = f" {suffix}" if suffix else ""
+        self.rows_per_statement = self.MAX_PARAMETERS // len(self.columns)
+        self._sql: dict[tuple[str, int], str] = {}
+
+    def run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        dialect = connection.dialect.name
+        for start in range(0, len(rows), self.rows_per_statement):
+            chunk = rows[start : start + self.rows_per_statement]
+            values = tuple(row[column] for row in chunk for column in self.columns)
+            connection.exec_driver_sql(self._text(dialect, len(chunk)), values)
+
+    def _text(self, dialect: str, count: int) -> str:
+        sql = self._sql.get((dialect, count))
+        if sql is None:
+            mark = "%s" if dialect == "postgresql" else "?"
+            one = f"({', '.join([mark] * len(self.columns))})"
+            sql = self._sql[dialect, count] = self.head + ", ".join([one] * count) + self.suffix
+        return sql
+
+
+_RUNS = _MultiRowInsert(
+    "runs",
+    "id, status, trigger_type, trigger_event_id, agent, parent_run_id, dedupe_key, trace_id, "
+    "created_at, updated_at, recorded, model_calls, input_tokens, output_tokens, "
+    "cached_tokens, reasoning_tokens, cost_usd",
+)
+# The same rows, and the same conflict handling, as the step protocol's own inserts.
+_EVENTS = _MultiRowInsert(
+    "events",
+    "id, run_id, type, data, cause_step_id, position, groups, created_at",
+    "ON CONFLICT DO NOTHING",
+)
+_STEPS = _MultiRowInsert(
+    "steps",
+    "id, run_id, event_id, actor, queue, state, attempts, attempt_base, max_retries, "
+    "available_at, message_id, published_at, traceparent, join_expected, join_arrived, "
+    "created_at, origin_step_id",
+    "ON CONFLICT DO NOTHING",
+)
+_OUTBOX = _MultiRowInsert(
+    "outbox", "message_id, step_id, run_id, actor, queue, traceparent, delay_ms, created_at"
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +154,8 @@ def create_runs(
             fresh.append((request, run_id, request.trace_id or _ids.new_trace_id()))
             answers.append(CreatedRun(run_id, True, [], bool(router(request.trigger.type))))
         if fresh:
-            connection.execute(
-                insert(runs),
+            _RUNS.run(
+                connection,
                 [
                     {
                         "id": run_id,
@@ -107,12 +168,44 @@ def create_runs(
                         "trace_id": trace_id,
                         "created_at": now,
                         "updated_at": now,
+                        "recorded": False,
+                        "model_calls": 0,
+                        "input_tokens": 0,
+                        "output_tokens": 0,
+                        "cached_tokens": 0,
+                        "reasoning_tokens": 0,
+                        "cost_usd": 0.0,
                     }
                     for request, run_id, trace_id in fresh
                 ],
             )
-        messages: dict[str, list[Publish]] = {}
-        for request, run_id, trace_id in fresh:
+        messages = _append_triggers(connection, fresh, router, now)
+    return [
+        CreatedRun(a.run_id, True, messages[a.run_id], a.subscribed) if a.created else a
+        for a in answers
+    ]
+
+
+def _append_triggers(
+    connection: Connection,
+    fresh: Sequence[tuple[RunRequest, str, str]],
+    router: Router,
+    now: float,
+) -> dict[str, list[Publish]]:
+    """Each new run's trigger event, its steps and their outbox rows, one statement per table.
+
+    The rows are the ones ``append_events`` makes for a trigger; a run whose trigger reaches
+    a join, or no actor at all, goes through ``append_events`` itself (rare: a join or an
+    ignored type is never the gateway's hot path).
+    """
+    messages: dict[str, list[Publish]] = {}
+    event_rows: list[dict[str, Any]] = []
+    step_rows: list[dict[str, Any]] = []
+    plain: list[Publish] = []
+    no_groups = hot.json_in(connection, [])
+    for request, run_id, trace_id in fresh:
+        routes = router(request.trigger.type)
+        if not routes or any(route.join for route in routes):
             messages[run_id] = append_events(
                 connection,
                 run_id=run_id,
@@ -128,10 +221,60 @@ def create_runs(
             if not messages[run_id]:
                 # Nothing ready to run (no subscriber, or only a join): the store decides.
                 settle_run(connection, run_id, RUN_RUNNING, now)
-    return [
-        CreatedRun(a.run_id, True, messages[a.run_id], a.subscribed) if a.created else a
-        for a in answers
-    ]
+            continue
+        event_id = _ids.trigger_event_id(run_id)
+        event_rows.append(
+            {
+                "id": event_id,
+                "run_id": run_id,
+                "type": request.trigger.type,
+                "data": hot.json_in(connection, request.trigger.data),
+                "cause_step_id": None,
+                "position": 0,
+                "groups": no_groups,
+                "created_at": now,
+            }
+        )
+        parent = _ids.traceparent(trace_id, request.root_span_id or trace_id[:16])
+        ready = messages[run_id] = []
+        for route in routes:
+            step_id = _ids.step_id(event_id, route.actor)
+            message_id = _ids.new_message_id()
+            step_rows.append(
+                _step_row(
+                    step_id,
+                    run_id,
+                    event_id,
+                    route.actor,
+                    route.queue,
+                    route.max_retries,
+                    parent,
+                    message_id,
+                    now,
+                )
+            )
+            ready.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
+        plain += ready
+    if event_rows:
+        _EVENTS.run(connection, event_rows)
+        _STEPS.run(connection, step_rows)
+        _OUTBOX.run(
+            connection,
+            [
+                {
+                    "message_id": p.message_id,
+                    "step_id": p.step_id,
+                    "run_id": p.run_id,
+                    "actor": p.actor,
+                    "queue": p.queue,
+                    "traceparent": p.traceparent,
+                    "delay_ms": p.delay_ms,
+                    "created_at": now,
+                }
+                for p in plain
+            ],
+        )
+    return messages
 
 
 def _run_by_dedupe_key(store: Store, dedupe_key: str) -> str | None:

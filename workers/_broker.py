@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
@@ -28,6 +28,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from store import Publish
 from workers._errors import WorkerError
 
 NAMESPACE = "baton"
@@ -85,6 +86,42 @@ class Broker(RedisBroker):
         self.emit_after("enqueue", message, delay)
         return message
 
+    def enqueue_many(self, messages: Sequence[tuple[dramatiq.Message[Any], int | None]]) -> None:
+        """``enqueue`` each (message, delay) with a preset message id, in one round trip.
+
+        All or nothing as far as the caller knows: on an error none counts as sent (a
+        message Redis did take is then sent again later, which a step's claim absorbs).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        dispatch = self.scripts["dispatch"]
+        sent = []
+        for message, delay in messages:
+            queue_name = message.queue_name
+            if delay is not None and delay > 0:
+                queue_name = dq_name(queue_name)
+                message = message.copy(
+                    queue_name=queue_name, options={"eta": current_millis() + delay}
+                )
+            self.emit_before("enqueue", message, delay)
+            # The arguments of Dramatiq's own do_enqueue (RedisBroker._dispatch).
+            arguments = [
+                "enqueue",
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                0,
+                self._max_unpack_size(),  # type: ignore[no-untyped-call]
+                message.options["redis_message_id"],
+                message.encode(),
+            ]
+            dispatch(args=arguments, keys=[self.namespace], client=pipe)
+            sent.append((message, delay))
+        pipe.execute()
+        for message, delay in sent:
+            self.emit_after("enqueue", message, delay)
+
     def message_exists(self, queue_name: str, message_ids: list[str]) -> list[bool]:
         """Whether Redis still holds each message, queued or delayed (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
@@ -115,6 +152,18 @@ class Broker(RedisBroker):
             self.client.ping()
         except Exception as error:
             raise WorkerError(f"cannot reach Redis: {error}") from error
+
+
+def step_message(publish: Publish) -> tuple[dramatiq.Message[Any], int | None]:
+    """The message that hands a committed step to its actor, and its delay: pointers only."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=publish.queue,
+        actor_name=publish.actor,
+        args=(publish.step_id, publish.run_id, publish.traceparent),
+        kwargs={},
+        options={"redis_message_id": publish.message_id},
+    )
+    return message, publish.delay_ms or None
 
 
 # While messages keep coming, an empty queue is looked at again within this many ms;
