@@ -34,7 +34,11 @@ class Policy:
 
 class Agent:
     """An agent. ``agent.start(ctx, input)`` from any actor begins its loop in the current run;
-    its output arrives as an ``agent.finished`` event."""
+    its output arrives as an ``agent.finished`` event.
+
+    An agent is fixed once defined: its tools and output schema are built into the request at
+    its first model call and reused, so changing ``tools`` or ``output`` later has no effect.
+    """
 
     def __init__(
         self,

@@ -120,7 +120,7 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
     )
     calls = reply.get("tool_calls") or []
     if calls:
-        return [
+        requested = [
             ToolCallRequested(
                 agent=agent.name,
                 loop_id=event.loop_id,
@@ -134,6 +134,9 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
             )
             for index, call in enumerate(calls)
         ]
+        # Several calls fan out (a list opens a group that the join closes); a single call is
+        # one event, so no group is opened that nothing would close.
+        return requested if len(requested) > 1 else requested[0]
     return _final(agent, event, ctx, reply.get("content") or "")
 
 

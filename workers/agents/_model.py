@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,10 @@ from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
 # Errors a retry cannot fix: the request itself is refused.
 _PERMANENT_STATUS = {400, 401, 403, 404, 409, 422}
 
-_clients: dict[tuple[Any, ...], openai.AsyncOpenAI] = {}
+# Per event loop (a client's connections belong to the loop that opened them), dropped with it.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class ModelRefused(BatonError):
@@ -46,9 +50,9 @@ def client_for(
     ``DefaultAioHttpClient``): with hundreds of calls in flight, httpx's pool checks every
     open connection on each request, and the worker's one core pays for it (P5).
     """
-    loop = asyncio.get_running_loop()
-    key = (base_url, api_key, timeout, max_retries, id(loop))
-    client = _clients.get(key)
+    clients = _clients.setdefault(asyncio.get_running_loop(), {})
+    key = (base_url, api_key, timeout, max_retries)
+    client: openai.AsyncOpenAI | None = clients.get(key)
     if client is None:
         client = openai.AsyncOpenAI(
             base_url=base_url,
@@ -57,7 +61,7 @@ def client_for(
             max_retries=max_retries,
             http_client=openai.DefaultAioHttpClient(),
         )
-        _clients[key] = client
+        clients[key] = client
     return client
 
 

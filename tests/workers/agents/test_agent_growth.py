@@ -3,6 +3,7 @@ issues the same statements, writes the same rows and does the same database work
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -151,6 +152,11 @@ def test_turn_200_of_a_conversation_costs_what_turn_20_costs(
     assert late.statements == early.statements > 0
     assert late.rows_written == early.rows_written
     assert late.vm_steps <= early.vm_steps * 1.3, (early, late)
+    # And every event the loop appended is as small at turn 200 as at turn 20: a turn with
+    # one tool call opens no fan-out group, so none piles up on the events that follow
+    appended = [e for e in run_detail(store, run_id)["events"] if e["type"].startswith("agent.")]
+    assert len(appended) > 2 * LATE_TURN
+    assert {json.dumps(e["groups"]) for e in appended} == {"[]"}
     # And the model was sent the instructions, the input and the last context_window
     # messages, not the whole conversation
     calls = recorded_model_calls(run_id)

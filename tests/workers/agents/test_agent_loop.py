@@ -149,13 +149,21 @@ lead = Agent(
     tools=[specialist],
 )
 
+# The specialist in parallel with a plain tool: two calls, one of them a whole loop.
+lead_pair = Agent(
+    name="t_agents_lead_pair",
+    model="gpt-4.1-mini",
+    instructions="Ask the specialist and look the rate up yourself, then compare.",
+    tools=[specialist, t_agents_rate],
+)
+
 
 class LoopStart(Event, type="t_agents_loop.start"):
     agent: str
     input: str
 
 
-AGENTS = {a.name: a for a in (fan_out, strict, fragile, plain, one_step, thrifty, lead)}
+AGENTS = {a.name: a for a in (fan_out, strict, fragile, plain, one_step, thrifty, lead, lead_pair)}
 
 
 @actor(on=LoopStart)
@@ -265,6 +273,38 @@ def test_an_agent_as_a_tool_runs_its_own_loop_on_its_own_model_and_answers_the_c
     # And only the lead's output finishes the run
     finished = [e for e in run_detail(store, run_id)["events"] if e["type"] == "agent.finished"]
     assert [e["data"]["agent"] for e in finished] == [lead.name]
+
+
+def test_an_agent_called_in_parallel_with_a_tool_is_joined_with_it(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given a lead agent that calls the specialist (whose own loop makes one tool call) and
+    # a plain tool at once
+    worker = agent_worker(offline_model())
+
+    # When it runs
+    run_id = start(worker, lead_pair, "Is the rate the specialist quotes today's rate?")
+
+    # Then the specialist's answer and the tool's answer met in one join, and the lead's next
+    # call was sent both, in the order it called them
+    assert wait_for_run(store, run_id) == "succeeded"
+    assert len(steps_of(store, run_id, "baton.agent.tools_joined")) == 1
+    calls = recorded_model_calls(run_id)
+    assert [c["agent"] for c in calls] == [
+        lead_pair.name,
+        specialist.name,
+        specialist.name,
+        lead_pair.name,
+    ]
+    asked = calls[0]["response"]["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in asked] == [specialist.name, t_agents_rate.name]
+    answers = calls[3]["request"]["messages"][-2:]
+    assert [m["tool_call_id"] for m in answers] == [c["id"] for c in asked]
+    assert answers[0]["content"] == calls[2]["response"]["choices"][0]["message"]["content"]
+    assert answers[1]["content"].startswith("1 EUR = 1.08 ")
 
 
 def test_invalid_tool_arguments_are_answered_with_the_validation_error(
