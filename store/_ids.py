@@ -43,7 +43,9 @@ def new_run_id(now: float | None = None) -> str:
 
 
 def new_message_id() -> str:
-    return os.urandom(16).hex()
+    """Time-sortable like a run id, so the outbox's key index grows at its end instead of
+    dirtying a random page per message (fewer WAL pages per commit)."""
+    return new_run_id()
 
 
 def new_trace_id() -> str:
