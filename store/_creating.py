@@ -10,14 +10,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, select
 
 from store import _hot as hot
 from store import _ids
 from store._appending import _step_row, append_events, settle_run
 from store._engine import Store
+from store._maintenance import confirm_in
 from store._model import RUN_RUNNING, CreatedRun, NewEvent, Publish, Router
-from store._tables import outbox, runs
+from store._tables import runs
 
 
 class _MultiRowInsert:
@@ -134,7 +135,7 @@ def create_runs(
     answers: list[CreatedRun] = []
     with store.transaction() as connection:
         if published:
-            connection.execute(delete(outbox).where(outbox.c.message_id.in_(published)))
+            confirm_in(connection, published)
         known: dict[str, str] = {}
         if keys:
             known = {

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, exists, insert, or_, select, update
 
 from store import _ids
 from store._appending import add_to_outbox
@@ -35,9 +35,14 @@ def confirm_published(store: Store, message_ids: Sequence[str]) -> None:
     if not message_ids:
         return
     with store.transaction() as connection:
-        # One prepared DELETE run per id: an IN list of hundreds of ids costs more to build
-        # as an expression than the deletes cost SQLite.
-        _OUTBOX_DELETE.run(connection, [{"message_id": m} for m in message_ids])
+        confirm_in(connection, message_ids)
+
+
+def confirm_in(connection: Connection, message_ids: Sequence[str]) -> None:
+    """Delete these outbox rows inside the caller's transaction."""
+    # One prepared DELETE run per id: an IN list of hundreds of ids costs more to build as
+    # an expression than the deletes cost SQLite.
+    _OUTBOX_DELETE.run(connection, [{"message_id": m} for m in message_ids])
 
 
 _OUTBOX_DELETE = Statement("DELETE FROM outbox WHERE message_id = :message_id")
