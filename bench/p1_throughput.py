@@ -100,8 +100,9 @@ def run(quick: bool) -> Result:
         f"the store-only row runs claim_step + commit_step back to back in one thread with no "
         f"broker: {1000 / ceiling:.2f} ms of store work per no-op step, against "
         f"{1000 / bare_rate:.2f} ms for the bare actor's whole message; SQLite takes one "
-        "writer at a time and SQLAlchemy's statement building holds the GIL, so threads "
-        "overlap only the part spent inside SQLite"
+        "writer at a time and the Python around each statement holds the GIL, so threads "
+        "overlap only the part spent inside SQLite (the worker's threads also share commits: "
+        "store._writer's group commit, which one thread alone never uses)"
     )
     return result
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
+from store import _hot as hot
 from store._errors import StoreError, StoreUnavailable
+from store._writer import SQLiteWriter
 
 
 class Store:
@@ -21,7 +22,9 @@ class Store:
 
     On SQLite writers open with ``BEGIN IMMEDIATE`` (a writer waits for the lock up front
     instead of failing on upgrade) and readers stay deferred, so reads never queue behind
-    writes; WAL lets both run at once. On PostgreSQL both are one engine.
+    writes; WAL lets both run at once. SQLite takes one writer at a time: the threads of a
+    process take turns on one connection and commit in groups (``store._writer``). On
+    PostgreSQL both are one engine.
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 16) -> None:
@@ -39,11 +42,11 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = _sqlite_engine(url, busy_timeout_ms, immediate=True)
+            self.read_engine = _sqlite_engine(url, busy_timeout_ms, immediate=False)
             # SQLite has one writer at a time. Threads of this process queue on a lock that
             # wakes the next one at once; only other processes meet SQLite's busy handler,
             # which sleeps up to 100 ms between tries.
-            self._writer: AbstractContextManager[Any] = threading.Lock()
-            self.read_engine = _sqlite_engine(url, busy_timeout_ms, immediate=False)
+            self._writer: SQLiteWriter | None = SQLiteWriter(self.engine, self.read_engine)
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":
                 url = str(parsed.set(drivername="postgresql+psycopg"))
@@ -63,7 +66,7 @@ class Store:
                 },
             )
             self.read_engine = self.engine
-            self._writer = nullcontext()
+            self._writer = None
         else:
             raise StoreError(
                 f"database {self.dialect!r} is not supported; use SQLite or PostgreSQL"
@@ -72,7 +75,11 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A write transaction: committed on exit, rolled back on error."""
-        with self._writer, _translated(self.url), self.engine.begin() as connection:
+        if self._writer is None:
+            with _translated(self.url), self.engine.begin() as connection:
+                yield connection
+            return
+        with _translated(self.url), self._writer.transaction() as connection:
             yield connection
 
     @contextmanager
@@ -87,6 +94,8 @@ class Store:
             connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
@@ -126,10 +135,17 @@ def _sqlite_engine(url: str, busy_timeout_ms: int, *, immediate: bool) -> Engine
         # last transactions, which is the usual trade for SQLite in WAL mode.
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if immediate:
+            # The writer's checkpointer thread does it (store._writer).
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        if hot.observed(connection):
+            connection.exec_driver_sql(begin)
+        else:
+            hot.execute_on_driver(connection, begin)
 
     return engine

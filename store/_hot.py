@@ -6,18 +6,44 @@ thirds of its store time in building, keying and looking up compiled expressions
 SQLite itself. The SQL is the same for SQLite and PostgreSQL; only the parameter style
 differs (``:name`` vs ``%(name)s``), converted once when the module loads. Everything else
 in the store keeps using SQLAlchemy expressions.
+
+On SQLite the statements go to the driver's own connection, past SQLAlchemy's execution
+context and result objects (half of a no-op step's store time once the SQL was fixed),
+unless something listens for statements on the engine (a test's statement log, the
+benchmarks' meter, an instrumentation): then they take SQLAlchemy's path and are seen.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sqlite3
+from collections import namedtuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 _PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
+
+# The SQLite connection whose transaction this thread is in and whose statements nothing
+# observes: decided once per turn of the writer (``store._writer``), not per statement.
+direct: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "baton_direct_connection", default=None
+)
+
+
+class Rows(Protocol):
+    """What callers read from a hot statement: SQLAlchemy's CursorResult, or the driver's rows."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def first(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
 
 
 class Statement:
@@ -26,12 +52,72 @@ class Statement:
     def __init__(self, sql: str) -> None:
         self.sqlite = " ".join(sql.split())
         self.postgresql = _PARAMETER.sub(r"%(\1)s", self.sqlite)
+        # Rows of a SELECT by column name, as SQLAlchemy's rows are; made on first use.
+        self._row: Any = None
 
     def run(
         self, connection: Connection, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> CursorResult[Any]:
-        sql = self.postgresql if connection.dialect.name == "postgresql" else self.sqlite
-        return connection.exec_driver_sql(sql, parameters)
+    ) -> Rows:
+        if direct.get() is not connection:
+            if connection.dialect.name == "postgresql":
+                return connection.exec_driver_sql(self.postgresql, parameters)
+            if observed(connection):
+                return connection.exec_driver_sql(self.sqlite, parameters)
+        driver = cast(sqlite3.Connection, connection.connection.dbapi_connection)
+        try:
+            # A dict is the usual case; isinstance(…, Mapping) is an ABC check, slower.
+            if type(parameters) is dict or isinstance(parameters, Mapping):
+                cursor = driver.execute(self.sqlite, parameters)
+            else:
+                cursor = driver.executemany(self.sqlite, parameters)
+        except sqlite3.Error as error:
+            raise _wrapped(error, self.sqlite, parameters, connection) from error
+        if cursor.description is None:
+            return _DriverRows(cursor.rowcount, [])
+        row = self._row
+        if row is None:
+            row = self._row = namedtuple("Row", [column[0] for column in cursor.description])
+        return _DriverRows(cursor.rowcount, [row._make(values) for values in cursor])
+
+
+class _DriverRows:
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rowcount: int, rows: list[Any]) -> None:
+        self.rowcount = rowcount
+        self._rows = rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+def observed(connection: Connection) -> bool:
+    """Whether something listens for this connection's statements (they must go through
+    SQLAlchemy to be seen)."""
+    dispatch = connection.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
+
+def execute_on_driver(connection: Connection, sql: str) -> None:
+    """Run one statement without parameters on SQLite's own connection, errors as
+    SQLAlchemy raises them (BEGIN and the savepoints of the writer's turns)."""
+    driver = connection.connection.dbapi_connection
+    assert isinstance(driver, sqlite3.Connection)
+    try:
+        driver.execute(sql)
+    except sqlite3.Error as error:
+        raise _wrapped(error, sql, None, connection) from error
+
+
+def _wrapped(error: sqlite3.Error, sql: str, parameters: Any, connection: Connection) -> Exception:
+    # The exception SQLAlchemy would have raised (OperationalError, IntegrityError...), so
+    # callers that translate or retry on those see no difference.
+    wrapped = DBAPIError.instance(sql, parameters, error, sqlite3.Error, dialect=connection.dialect)
+    assert isinstance(wrapped, Exception)
+    return wrapped
 
 
 def json_in(connection: Connection, value: Any) -> Any:

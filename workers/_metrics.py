@@ -60,14 +60,29 @@ dead_letters = Counter(
 _watched: set[int] = set()
 _watch_lock = threading.Lock()
 
+# Each step's series, looked up once: ``labels()`` validates and locks on every call, a
+# cost paid on every step otherwise.
+_step_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+_lag_series: dict[str, Any] = {}
+
 
 def step_finished(actor: str, outcome: str, seconds: float) -> None:
-    steps.labels(actor, outcome).inc()
-    step_seconds.labels(actor).observe(seconds)
+    series = _step_series.get((actor, outcome))
+    if series is None:
+        series = _step_series[actor, outcome] = (
+            steps.labels(actor, outcome),
+            step_seconds.labels(actor),
+        )
+    count, duration = series
+    count.inc()
+    duration.observe(seconds)
 
 
 def step_claimed(actor: str, lag_seconds: float) -> None:
-    queue_lag_seconds.labels(actor).observe(max(lag_seconds, 0.0))
+    lag = _lag_series.get(actor)
+    if lag is None:
+        lag = _lag_series[actor] = queue_lag_seconds.labels(actor)
+    lag.observe(max(lag_seconds, 0.0))
 
 
 def model_used(agent: str, model: str, usage: Usage) -> None:

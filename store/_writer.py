@@ -1,0 +1,274 @@
+"""SQLite's one writer: a kept connection, turns, group commit, and a checkpointer.
+
+SQLite takes one writer at a time, so the threads of a process take turns on one connection,
+kept open (checking one out of the pool per transaction cost more than a no-op step's SQL).
+
+A thread whose turn ends while others wait for theirs leaves the transaction open for them,
+and the last of them commits for all: a group commit. Each turn after the first is a
+savepoint of its own, so a turn that fails rolls back alone; every thread returns only once
+the commit that holds its work is done, so what it publishes afterwards is in the store.
+A commit's cost (the WAL frames of the pages it changed, SQLite's locks) is then shared by
+the state changes waiting together instead of paid by each.
+
+A background thread checkpoints the WAL instead of the commit that happens to cross SQLite's
+threshold, which doubled the average commit's time inside the writers' critical section.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RootTransaction
+
+from store import _hot as hot
+from store._appending import FINISHED_RUNS
+from store._errors import StoreUnavailable
+
+_logger = logging.getLogger("baton.store")
+
+# How often the WAL is copied back into the database file, off the writers' path.
+CHECKPOINT_EVERY_SECONDS = 0.2
+# Turns one commit may hold; a thread waits for its commit before its next turn, so in
+# practice a group is at most as large as the number of writing threads.
+_MOST_TURNS = 64
+# A thread waiting for its group's commit this long looks whether the group was left open.
+_RESCUE_AFTER_SECONDS = 0.5
+
+# Every writer of this process: a forked child starts each one afresh (see _forked).
+_writers: weakref.WeakSet[SQLiteWriter] = weakref.WeakSet()
+
+
+class _Group:
+    """One open transaction and the turns it holds."""
+
+    __slots__ = ("direct", "done", "error", "transaction", "turns")
+
+    def __init__(self, transaction: RootTransaction, direct: Connection | None) -> None:
+        self.transaction = transaction
+        # The connection when nothing observes its statements (hot.direct), checked once.
+        self.direct = direct
+        self.turns = 0
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class SQLiteWriter:
+    """Turns on the writer connection of one Store (see the module's docstring)."""
+
+    def __init__(self, engine: Engine, read_engine: Engine) -> None:
+        self.engine = engine
+        self.read_engine = read_engine
+        self._start_afresh()
+        _writers.add(self)
+
+    def _start_afresh(self) -> None:
+        self.lock = threading.Lock()
+        # One item per thread waiting for its turn (appending and popping are atomic).
+        self._waiting: deque[None] = deque()
+        self._connection: Connection | None = None
+        self._info: dict[Any, Any] = {}
+        self._pool: Any = None
+        self._group: _Group | None = None
+        self._checkpointer: _Checkpointer | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        self._waiting.append(None)
+        try:
+            self.lock.acquire()
+        finally:
+            self._waiting.pop()
+        try:
+            connection = self._connection_for_turn()
+            group = self._group
+            joined = group is not None
+            if group is None:
+                transaction = connection.begin()
+                direct = None if hot.observed(connection) else connection
+                group = self._group = _Group(transaction, direct)
+            group.turns += 1
+            direct = group.direct
+            finished = self._info.get(FINISHED_RUNS)
+            notes = len(finished) if finished is not None else 0
+            if joined:
+                _execute(connection, direct, "SAVEPOINT baton_turn")
+            token = hot.direct.set(direct)
+            try:
+                yield connection
+            except BaseException as error:
+                hot.direct.reset(token)
+                if joined:
+                    self._undo_turn(connection, direct, group, notes)
+                else:
+                    # The first turn is alone in its group: the whole transaction goes.
+                    self._fail(group, error)
+                raise
+            hot.direct.reset(token)
+            if joined:
+                self._settle(group, lambda: _execute(connection, direct, "RELEASE baton_turn"))
+            if not self._waiting or group.turns >= _MOST_TURNS:
+                self._commit(group)
+                return
+        finally:
+            self.lock.release()
+        self._wait_for(group)
+
+    def _undo_turn(
+        self, connection: Connection, direct: Connection | None, group: _Group, notes: int
+    ) -> None:
+        def undo() -> None:
+            _execute(connection, direct, "ROLLBACK TO baton_turn")
+            _execute(connection, direct, "RELEASE baton_turn")
+            finished = connection.info.get(FINISHED_RUNS)
+            if finished is not None:
+                del finished[notes:]
+
+        # The others' turns still commit: whoever runs last does it.
+        self._settle(group, undo)
+        if not self._waiting:
+            self._commit(group)
+
+    def _settle(self, group: _Group, statement: Any) -> None:
+        try:
+            statement()
+        except BaseException as error:
+            self._fail(group, error)
+            raise
+
+    def _commit(self, group: _Group) -> None:
+        self._group = None
+        try:
+            group.transaction.commit()
+        except BaseException as error:
+            self._fail(group, error)
+            raise
+        group.done.set()
+
+    def _fail(self, group: _Group, error: BaseException) -> None:
+        self._group = None
+        group.error = error
+        group.done.set()
+        try:
+            group.transaction.rollback()
+        except Exception:
+            _logger.debug("rolling back a failed group commit failed too", exc_info=True)
+
+    def _wait_for(self, group: _Group) -> None:
+        while not group.done.wait(_RESCUE_AFTER_SECONDS):
+            # A thread counted as waiting that never took its turn (interrupted) leaves the
+            # group open: commit it here.
+            with self.lock:
+                if self._group is group:
+                    self._commit(group)
+        if group.error is not None:
+            raise StoreUnavailable(
+                f"the store could not commit this transaction: {group.error}"
+            ) from group.error
+
+    def _connection_for_turn(self) -> Connection:
+        """The writer's connection (the lock is held)."""
+        connection = self._connection
+        if connection is not None:
+            # Replaced after engine.dispose() (a test that instruments new connections), or
+            # when invalidated, but never while a group is open on it.
+            if self._group is not None or (
+                not connection.invalidated
+                and not connection.closed
+                and self._pool is self.engine.pool
+            ):
+                return connection
+            connection.close()
+        connection = self._connection = self.engine.connect()
+        # Where observers of its transactions (the workers' metrics) keep their notes.
+        self._info = connection.info
+        if self._checkpointer is None:
+            self._checkpointer = _Checkpointer(self.read_engine, self.lock)
+            self._checkpointer.start()
+        self._pool = self.engine.pool
+        return connection
+
+    def close(self) -> None:
+        # A writer stuck on another process's lock must not hold up shutting down: its
+        # connection is then left to the garbage collector.
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            # Stopped without the lock held: its last round may be waiting for the lock.
+            checkpointer.stop()
+        if not self.lock.acquire(timeout=5):
+            return
+        try:
+            if self._group is not None:
+                self._commit(self._group)
+            if self._connection is not None:
+                self._connection.close()
+            self._connection = None
+            self._group = None
+        finally:
+            self.lock.release()
+
+
+def _forked() -> None:
+    # The parent's SQLite connection, its lock (perhaps held by a thread that does not exist
+    # here) and its checkpointer are not the child's: it opens its own on its first write.
+    for writer in list(_writers):
+        writer._start_afresh()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _execute(connection: Connection, direct: Connection | None, sql: str) -> None:
+    if direct is connection:
+        hot.execute_on_driver(connection, sql)
+    else:
+        connection.exec_driver_sql(sql)
+
+
+class _Checkpointer(threading.Thread):
+    """Copies committed WAL pages into the database file, beside the writers.
+
+    PASSIVE, as SQLite's automatic checkpoint is: it never waits for readers or writers.
+    Most pages are copied while this process's writers go on; the few they add meanwhile are
+    copied with the writer lock held, so the WAL is fully copied and the next writer starts
+    it over instead of letting it grow (each commit and read then searches a longer WAL).
+    """
+
+    def __init__(self, engine: Engine, writer_lock: threading.Lock) -> None:
+        super().__init__(name="baton-sqlite-checkpoint", daemon=True)
+        self.engine = engine
+        self.writer_lock = writer_lock
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        connection: Any = None
+        checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
+        try:
+            while not self._stopped.wait(CHECKPOINT_EVERY_SECONDS):
+                try:
+                    if connection is None:
+                        connection = self.engine.raw_connection()
+                    driver = connection.driver_connection
+                    _, wal_frames, copied = driver.execute(checkpoint).fetchone()
+                    if copied < wal_frames:
+                        with self.writer_lock:
+                            driver.execute(checkpoint).fetchone()
+                except Exception:
+                    _logger.debug("checkpoint failed; trying again", exc_info=True)
+                    if connection is not None:
+                        connection.invalidate()
+                        connection = None
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self is not threading.current_thread():
+            self.join(timeout=5)
