@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -538,12 +538,30 @@ def _emitted(registered: Actor[Any], result: Any) -> tuple[list[NewEvent], bool]
     )
 
 
+# Coroutines run on the worker's event loop once its async steps have drained, before the
+# loop stops: what async steps opened on it (the agents' HTTP clients) is closed there.
+_loop_closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+
+def on_loop_shutdown(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``close()`` on the worker's event loop when the worker stops."""
+    _loop_closers.append(close)
+
+
 class _DrainAsyncSteps(Middleware):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.runtime.drain(self.runtime.config.lease_seconds * 3)
+        loop_thread = get_event_loop_thread()
+        if loop_thread is None or not loop_thread.loop.is_running():
+            return
+        for close in _loop_closers:
+            try:
+                asyncio.run_coroutine_threadsafe(close(), loop_thread.loop).result(timeout=5)
+            except Exception:
+                _logger.warning("closing %s on shutdown failed", close, exc_info=True)
 
 
 class _Housekeeper(threading.Thread):

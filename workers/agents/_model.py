@@ -13,6 +13,7 @@ import openai
 
 from events import BatonError
 from store._agents import Usage
+from workers._runtime import on_loop_shutdown
 from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
 
 # Errors a retry cannot fix: the request itself is refused.
@@ -63,6 +64,15 @@ def client_for(
         )
         clients[key] = client
     return client
+
+
+async def close_clients() -> None:
+    """Close the running loop's clients: their connections belong to it (worker shutdown)."""
+    for client in _clients.pop(asyncio.get_running_loop(), {}).values():
+        await client.close()
+
+
+on_loop_shutdown(close_clients)
 
 
 async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> dict[str, Any]:
