@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,9 @@ class Store:
             # wakes the next one at once; only other processes meet SQLite's busy handler,
             # which sleeps up to 100 ms between tries.
             self._writer: SQLiteWriter | None = SQLiteWriter(self.engine, self.read_engine)
+            # A Store dropped without dispose() must not leave its checkpointer running.
+            # (Not at exit, where a daemon thread may hold the writer's lock.)
+            weakref.finalize(self, self._writer.close).atexit = False
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":
                 url = str(parsed.set(drivername="postgresql+psycopg"))

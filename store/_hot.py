@@ -63,6 +63,10 @@ class Statement:
                 return connection.exec_driver_sql(self.postgresql, parameters)
             if observed(connection):
                 return connection.exec_driver_sql(self.sqlite, parameters)
+            if not connection.in_transaction():
+                # What SQLAlchemy's autobegin would do (BEGIN, by the engine's hook), so the
+                # statements of one read see one snapshot.
+                connection.begin()
         driver = cast(sqlite3.Connection, connection.connection.dbapi_connection)
         try:
             # A dict is the usual case; isinstance(…, Mapping) is an ABC check, slower.

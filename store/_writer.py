@@ -16,11 +16,12 @@ threshold, which doubled the average commit's time inside the writers' critical 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
+import sqlite3
 import threading
 import weakref
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -70,8 +71,8 @@ class SQLiteWriter:
 
     def _start_afresh(self) -> None:
         self.lock = threading.Lock()
-        # One item per thread waiting for its turn (appending and popping are atomic).
-        self._waiting: deque[None] = deque()
+        # A ticket per thread waiting for its turn (adding and discarding are atomic).
+        self._waiting: set[object] = set()
         self._connection: Connection | None = None
         self._info: dict[Any, Any] = {}
         self._pool: Any = None
@@ -80,52 +81,59 @@ class SQLiteWriter:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        self._waiting.append(None)
+        # Counted as waiting until the lock is ours. The lock is taken by ``with``, never a
+        # bare acquire(): an exception Dramatiq injects into the thread (a time limit, a
+        # shutdown) while it waits must not leave the lock, or an open group, held.
+        ticket = object()
+        self._waiting.add(ticket)
         try:
-            self.lock.acquire()
-        finally:
-            self._waiting.pop()
-        try:
-            connection = self._connection_for_turn()
-            group = self._group
-            joined = group is not None
-            if group is None:
-                transaction = connection.begin()
-                direct = None if hot.observed(connection) else connection
-                group = self._group = _Group(transaction, direct)
-            group.turns += 1
-            direct = group.direct
-            finished = self._info.get(FINISHED_RUNS)
-            notes = len(finished) if finished is not None else 0
-            if joined:
-                _execute(connection, direct, "SAVEPOINT baton_turn")
-            token = hot.direct.set(direct)
-            try:
-                yield connection
-            except BaseException as error:
-                hot.direct.reset(token)
+            with self.lock:
+                self._waiting.discard(ticket)
+                group = self._turn_begins()
+                joined = group.turns > 1
+                connection = self._connection
+                assert connection is not None
+                finished = self._info.get(FINISHED_RUNS)
+                notes = len(finished) if finished is not None else 0
                 if joined:
-                    self._undo_turn(connection, direct, group, notes)
-                else:
-                    # The first turn is alone in its group: the whole transaction goes.
-                    self._fail(group, error)
-                raise
-            hot.direct.reset(token)
-            if joined:
-                self._settle(group, lambda: _execute(connection, direct, "RELEASE baton_turn"))
-            if not self._waiting or group.turns >= _MOST_TURNS:
-                self._commit(group)
-                return
+                    self._settle(group, lambda: _execute(connection, group.direct, _SAVEPOINT))
+                token = hot.direct.set(group.direct)
+                try:
+                    yield connection
+                except BaseException as error:
+                    if joined:
+                        self._undo_turn(connection, group, notes)
+                    else:
+                        # The first turn is alone in its group: the whole transaction goes.
+                        self._fail(group, error)
+                    raise
+                finally:
+                    _reset(token)
+                if joined:
+                    self._settle(group, lambda: _execute(connection, group.direct, _RELEASE))
+                if not self._waiting or group.turns >= _MOST_TURNS:
+                    self._commit(group)
+                    return
         finally:
-            self.lock.release()
+            # Again, idempotently: an exception may land before the first discard.
+            self._waiting.discard(ticket)
         self._wait_for(group)
 
-    def _undo_turn(
-        self, connection: Connection, direct: Connection | None, group: _Group, notes: int
-    ) -> None:
+    def _turn_begins(self) -> _Group:
+        """This thread's turn (the lock is held): join the open group or begin one."""
+        group = self._group
+        if group is None:
+            connection = self._connection_for_turn()
+            transaction = connection.begin()
+            direct = None if hot.observed(connection) else connection
+            group = self._group = _Group(transaction, direct)
+        group.turns += 1
+        return group
+
+    def _undo_turn(self, connection: Connection, group: _Group, notes: int) -> None:
         def undo() -> None:
-            _execute(connection, direct, "ROLLBACK TO baton_turn")
-            _execute(connection, direct, "RELEASE baton_turn")
+            _execute(connection, group.direct, "ROLLBACK TO baton_turn")
+            _execute(connection, group.direct, _RELEASE)
             finished = connection.info.get(FINISHED_RUNS)
             if finished is not None:
                 del finished[notes:]
@@ -143,33 +151,61 @@ class SQLiteWriter:
             raise
 
     def _commit(self, group: _Group) -> None:
-        self._group = None
         try:
             group.transaction.commit()
         except BaseException as error:
             self._fail(group, error)
             raise
-        group.done.set()
+        finally:
+            # Whatever happens (an exception injected here too), the group is over and its
+            # threads are woken: the committed ones find no error, the others their cause.
+            self._group = None
+            group.done.set()
 
     def _fail(self, group: _Group, error: BaseException) -> None:
-        self._group = None
-        group.error = error
-        group.done.set()
         try:
-            group.transaction.rollback()
+            group.error = error
+            self._group = None
+            try:
+                group.transaction.rollback()
+            except Exception:
+                _logger.debug("rolling back a failed group commit failed too", exc_info=True)
+            self._leave_no_transaction_open()
+        finally:
+            group.done.set()
+
+    def _leave_no_transaction_open(self) -> None:
+        """After a failed commit SQLAlchemy sends no ROLLBACK, and the kept connection is never
+        returned to the pool (which would send one): roll back on the driver, or start over."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            driver = connection.connection.dbapi_connection
+            if isinstance(driver, sqlite3.Connection) and driver.in_transaction:
+                driver.rollback()
         except Exception:
-            _logger.debug("rolling back a failed group commit failed too", exc_info=True)
+            _logger.debug("the writer's connection is replaced", exc_info=True)
+            connection.invalidate()
+            self._connection = None
 
     def _wait_for(self, group: _Group) -> None:
         while not group.done.wait(_RESCUE_AFTER_SECONDS):
-            # A thread counted as waiting that never took its turn (interrupted) leaves the
-            # group open: commit it here.
             with self.lock:
                 if self._group is group:
+                    # A thread counted as waiting never took its turn (interrupted): the
+                    # group was left open. Commit it here.
                     self._commit(group)
+                elif not group.done.is_set():
+                    raise StoreUnavailable(
+                        "a write shared with other threads was interrupted before it was "
+                        "known to commit; its outcome is unknown, so retry it (a step is "
+                        "retried by its lease)"
+                    )
         if group.error is not None:
             raise StoreUnavailable(
-                f"the store could not commit this transaction: {group.error}"
+                "a transaction committed together with this one failed, so nothing of this "
+                f"one was stored ({group.error!r}); retry it"
             ) from group.error
 
     def _connection_for_turn(self) -> Connection:
@@ -215,13 +251,27 @@ class SQLiteWriter:
 
 
 def _forked() -> None:
-    # The parent's SQLite connection, its lock (perhaps held by a thread that does not exist
+    # The parent's SQLite connections, its lock (perhaps held by a thread that does not exist
     # here) and its checkpointer are not the child's: it opens its own on its first write.
     for writer in list(_writers):
+        writer.engine.dispose(close=False)
+        writer.read_engine.dispose(close=False)
         writer._start_afresh()
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+_SAVEPOINT = "SAVEPOINT baton_turn"
+_RELEASE = "RELEASE baton_turn"
+
+
+def _reset(token: contextvars.Token[Connection | None]) -> None:
+    try:
+        hot.direct.reset(token)
+    except ValueError:
+        # Closed from another context (a generator collected elsewhere): nothing to reset.
+        hot.direct.set(None)
 
 
 def _execute(connection: Connection, direct: Connection | None, sql: str) -> None:

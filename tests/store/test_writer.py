@@ -3,6 +3,8 @@ and no thread returns before the commit that holds its work."""
 
 from __future__ import annotations
 
+import ctypes
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 from sqlalchemy import event, insert, select
 
 from store import Store
+from store import _hot as hot
 from store._tables import actor_catalog
 
 pytestmark = pytest.mark.sqlite
@@ -98,3 +101,101 @@ def test_a_turn_that_fails_alone_rolls_back_and_the_writer_goes_on(store: Store)
 
     # Then only its row is stored
     assert stored(store) == {"kept"}
+
+
+class Interrupted(BaseException):
+    """What Dramatiq injects into a worker thread when its step's time limit passes."""
+
+
+def interrupt(thread: threading.Thread) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(Interrupted)
+    )
+
+
+def test_a_writer_interrupted_while_queued_leaves_the_lock_and_the_file_free(
+    store: Store,
+) -> None:
+    # Given a thread holding the writer's turn and another queued behind it
+    release = threading.Event()
+    outcomes: dict[str, str] = {}
+
+    def holder() -> None:
+        with store.transaction() as connection:
+            write(connection, "held")
+            release.wait(5)
+        outcomes["holder"] = "committed"
+
+    def queued() -> None:
+        try:
+            with store.transaction() as connection:
+                write(connection, "queued")
+            outcomes["queued"] = "committed"
+        except Interrupted:
+            outcomes["queued"] = "interrupted"
+
+    first = threading.Thread(target=holder)
+    first.start()
+    time.sleep(0.1)
+    second = threading.Thread(target=queued)
+    second.start()
+    waiting(store, 1)
+
+    # When the queued thread is interrupted (a time limit) as it gets the lock
+    interrupt(second)
+    release.set()
+    first.join(5)
+    second.join(5)
+
+    # Then both threads ended, the holder's write is stored, and the next writer gets its turn
+    assert not first.is_alive() and not second.is_alive()
+    assert outcomes["holder"] == "committed"
+    with store.transaction() as connection:
+        write(connection, "later")
+    assert {"held", "later"} <= stored(store)
+    # And another process can take SQLite's write lock: no transaction was left open
+    other = sqlite3.connect(str(store.engine.url.database), timeout=1, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ROLLBACK")
+    other.close()
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open(store: Store) -> None:
+    # Given a table whose foreign key is only checked at COMMIT
+    with store.transaction() as connection:
+        connection.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        connection.exec_driver_sql(
+            "CREATE TABLE child (parent INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    # When a transaction's COMMIT fails
+    with pytest.raises(Exception, match="FOREIGN KEY"), store.transaction() as connection:
+        connection.exec_driver_sql("INSERT INTO child VALUES (99)")
+
+    # Then the next transaction works, and nothing of the failed one was stored
+    with store.transaction() as connection:
+        connection.exec_driver_sql("INSERT INTO parent VALUES (1)")
+    with store.read() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM child").scalar() == 0
+        assert connection.exec_driver_sql("SELECT count(*) FROM parent").scalar() == 1
+
+
+def test_the_hot_statements_of_one_read_see_one_snapshot(store: Store) -> None:
+    # Given a read that has run a hot statement
+    count = hot.Statement("SELECT count(*) AS n FROM actor_catalog")
+    with store.read() as connection:
+        before = count.run(connection, {}).first().n
+
+        # When another thread commits a row meanwhile
+        def other() -> None:
+            with store.transaction() as writer:
+                write(writer, "meanwhile")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(5)
+
+        # Then the read's next statement still sees what its first saw
+        assert count.run(connection, {}).first().n == before
+    assert "meanwhile" in stored(store)
