@@ -23,6 +23,7 @@ from store._model import (
     STEP_WAITING,
     NewEvent,
     Publish,
+    Route,
     Router,
 )
 from store._tables import join_arrivals, runs, steps
@@ -128,26 +129,18 @@ def append_events(
                 if ready is not None:
                     ready_joins.append(ready)
                 continue
-            step_id = _ids.step_id(event_id, route.actor)
-            message_id = _ids.new_message_id()
-            parent = _ids.traceparent(trace_id, parent_span)
-            step_rows.append(
-                _step_row(
-                    step_id,
-                    run_id,
-                    event_id,
-                    route.actor,
-                    route.queue,
-                    route.max_retries,
-                    parent,
-                    message_id,
-                    now,
-                    origin_step_id=_ids.step_id(origin_event_id, route.actor)
-                    if origin_event_id
-                    else None,
-                )
+            row, ready = ready_step(
+                run_id,
+                event_id,
+                route,
+                _ids.traceparent(trace_id, parent_span),
+                now,
+                origin_step_id=_ids.step_id(origin_event_id, route.actor)
+                if origin_event_id
+                else None,
             )
-            plain.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
+            step_rows.append(row)
+            plain.append(ready)
     if event_rows:
         hot.EVENTS_INSERT.run(
             connection,
@@ -165,6 +158,33 @@ def append_events(
     # A join that became ready wrote its own outbox row in _arrive_at_join.
     add_to_outbox(connection, plain, now)
     return [*plain, *ready_joins]
+
+
+def ready_step(
+    run_id: str,
+    event_id: str,
+    route: Route,
+    parent: str,
+    now: float,
+    *,
+    origin_step_id: str | None = None,
+) -> tuple[dict[str, Any], Publish]:
+    """The row of a step ready to run at once, and the message that hands it to its actor."""
+    step_id = _ids.step_id(event_id, route.actor)
+    message_id = _ids.new_message_id()
+    row = _step_row(
+        step_id,
+        run_id,
+        event_id,
+        route.actor,
+        route.queue,
+        route.max_retries,
+        parent,
+        message_id,
+        now,
+        origin_step_id=origin_step_id,
+    )
+    return row, Publish(message_id, step_id, run_id, route.actor, route.queue, parent)
 
 
 def _step_row(

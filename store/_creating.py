@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select
 
 from store import _hot as hot
 from store import _ids
-from store._appending import _step_row, append_events, settle_run
+from store._appending import append_events, ready_step, settle_run
 from store._engine import Store
 from store._maintenance import confirm_in
 from store._model import RUN_RUNNING, CreatedRun, NewEvent, Publish, Router
@@ -239,22 +239,9 @@ def _append_triggers(
         parent = _ids.traceparent(trace_id, request.root_span_id or trace_id[:16])
         ready = messages[run_id] = []
         for route in routes:
-            step_id = _ids.step_id(event_id, route.actor)
-            message_id = _ids.new_message_id()
-            step_rows.append(
-                _step_row(
-                    step_id,
-                    run_id,
-                    event_id,
-                    route.actor,
-                    route.queue,
-                    route.max_retries,
-                    parent,
-                    message_id,
-                    now,
-                )
-            )
-            ready.append(Publish(message_id, step_id, run_id, route.actor, route.queue, parent))
+            row, message = ready_step(run_id, event_id, route, parent, now)
+            step_rows.append(row)
+            ready.append(message)
         plain += ready
     if event_rows:
         _EVENTS.run(connection, event_rows)
