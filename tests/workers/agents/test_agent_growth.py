@@ -69,6 +69,9 @@ class TagSteps(dramatiq.Middleware):
         running_step.set(None)
 
 
+_TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK")
+
+
 @dataclass
 class Work:
     statements: int = 0
@@ -93,7 +96,9 @@ def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         step = running_step.get()
-        if step is not None:
+        # Not BEGIN or the writer's savepoints: which of those a write takes depends on the
+        # other threads' writes its commit is grouped with, not on the step's own work.
+        if step is not None and not statement.startswith(_TRANSACTION_CONTROL):
             work[step].statements += 1
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
