@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import Connection, update
 
+from store import _hot as hot
 from store._engine import Store
 from store._hot import Statement, json_in
-from store._recorded import RecordedResponses, json_reader, recorded_responses
+from store._recorded import RecordedResponses, recorded_responses
 from store._tables import agent_loops
 
 
@@ -145,7 +146,7 @@ def read_window(
             {"loop_id": loop_id, "head": head, "tail_start": tail_start, "next_seq": next_seq},
         )
     )
-    parse = json_reader(connection)
+    parse = hot.json_reader(connection)
     messages = [_message(row, parse) for row in rows]
     head_messages = [m for m, row in zip(messages, rows, strict=True) if row.seq < head]
     tail = [m for m, row in zip(messages, rows, strict=True) if row.seq >= head]

@@ -14,9 +14,8 @@ from sqlalchemy import Connection, select
 
 from store import _hot as hot
 from store import _ids
-from store._appending import append_events, ready_step, settle_run
+from store._appending import append_events, confirm_in, outbox_row, ready_step, settle_run
 from store._engine import Store
-from store._maintenance import confirm_in
 from store._model import RUN_RUNNING, CreatedRun, NewEvent, Publish, Router
 from store._tables import runs
 
@@ -246,22 +245,7 @@ def _append_triggers(
     if event_rows:
         _EVENTS.run(connection, event_rows)
         _STEPS.run(connection, step_rows)
-        _OUTBOX.run(
-            connection,
-            [
-                {
-                    "message_id": p.message_id,
-                    "step_id": p.step_id,
-                    "run_id": p.run_id,
-                    "actor": p.actor,
-                    "queue": p.queue,
-                    "traceparent": p.traceparent,
-                    "delay_ms": p.delay_ms,
-                    "created_at": now,
-                }
-                for p in plain
-            ],
-        )
+        _OUTBOX.run(connection, [outbox_row(p, now) for p in plain])
     return messages
 
 

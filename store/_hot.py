@@ -20,7 +20,7 @@ import json
 import re
 import sqlite3
 from collections import namedtuple
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, cast
 
 from sqlalchemy import Connection
@@ -131,6 +131,21 @@ def json_in(connection: Connection, value: Any) -> Any:
 
         return Json(value)
     return json.dumps(value)
+
+
+def json_reader(connection: Connection) -> Callable[[Any], Any]:
+    """How to read a JSON column on the driver's rows: psycopg parses it; SQLite gives text."""
+    if connection.dialect.name == "postgresql":
+        return _unchanged
+    return _parsed
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def _parsed(value: Any) -> Any:
+    return None if value is None else json.loads(value)
 
 
 def json_out(value: Any) -> Any:

@@ -6,12 +6,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, exists, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
 
 from store import _ids
-from store._appending import add_to_outbox
+from store._appending import add_to_outbox, confirm_in
 from store._engine import Store
-from store._hot import Statement
 from store._model import RUN_FAILED, STEP_PENDING, STEP_RUNNING, Publish
 from store._steps import publish_from_outbox
 from store._tables import dead_letters, outbox, runs, steps
@@ -36,16 +35,6 @@ def confirm_published(store: Store, message_ids: Sequence[str]) -> None:
         return
     with store.transaction() as connection:
         confirm_in(connection, message_ids)
-
-
-def confirm_in(connection: Connection, message_ids: Sequence[str]) -> None:
-    """Delete these outbox rows inside the caller's transaction."""
-    # One prepared DELETE run per id: an IN list of hundreds of ids costs more to build as
-    # an expression than the deletes cost SQLite.
-    _OUTBOX_DELETE.run(connection, [{"message_id": m} for m in message_ids])
-
-
-_OUTBOX_DELETE = Statement("DELETE FROM outbox WHERE message_id = :message_id")
 
 
 def reissue(store: Store, publish: Sequence[Publish]) -> list[Publish]:

@@ -8,14 +8,14 @@ unchanged. Each is one primary-key read.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from store import _hot as hot
 from store._engine import Store
 from store._errors import InvalidState
 from store._hot import Statement
@@ -59,7 +59,7 @@ def recorded_responses(
     connection: Connection, step_id: str, recorded_from: str | None
 ) -> RecordedResponses:
     """This step's recorded response and, in a recorded fork, the parent step's: PK reads."""
-    parse = json_reader(connection)
+    parse = hot.json_reader(connection)
     own = _RESPONSE_READ.run(connection, {"step_id": step_id}).first()
     original = None
     if recorded_from is not None:
@@ -73,21 +73,6 @@ def recorded_responses(
 _RESPONSE_READ = Statement(
     "SELECT response, request_hash FROM model_calls WHERE step_id = :step_id"
 )
-
-
-def json_reader(connection: Connection) -> Callable[[Any], Any]:
-    """How to read a JSON column on the driver's rows: psycopg parses it; SQLite gives text."""
-    if connection.dialect.name == "postgresql":
-        return _unchanged
-    return _parsed
-
-
-def _unchanged(value: Any) -> Any:
-    return value
-
-
-def _parsed(value: Any) -> Any:
-    return None if value is None else json.loads(value)
 
 
 def recorded_tool_result(store: Store, recorded_from: str, tool: str, arguments: Any) -> Any:

@@ -74,7 +74,6 @@ class SQLiteWriter:
         # A ticket per thread waiting for its turn (adding and discarding are atomic).
         self._waiting: set[object] = set()
         self._connection: Connection | None = None
-        self._info: dict[Any, Any] = {}
         self._pool: Any = None
         self._group: _Group | None = None
         self._checkpointer: _Checkpointer | None = None
@@ -93,7 +92,7 @@ class SQLiteWriter:
                 joined = group.turns > 1
                 connection = self._connection
                 assert connection is not None
-                finished = self._info.get(FINISHED_RUNS)
+                finished = connection.info.get(FINISHED_RUNS)
                 notes = len(finished) if finished is not None else 0
                 if joined:
                     self._settle(group, lambda: _execute(connection, group.direct, _SAVEPOINT))
@@ -222,8 +221,6 @@ class SQLiteWriter:
                 return connection
             connection.close()
         connection = self._connection = self.engine.connect()
-        # Where observers of its transactions (the workers' metrics) keep their notes.
-        self._info = connection.info
         if self._checkpointer is None:
             self._checkpointer = _Checkpointer(self.read_engine, self.lock)
             self._checkpointer.start()

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from events import describe_validation
 from store._agents import (
     RunTotals,
+    Usage,
     append_messages,
     count_usage,
     finish_loop,
@@ -98,10 +99,10 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
     if reused is not None and reused.source == OWN:
         # An earlier attempt of this step was answered (and, having asked, passed the budget).
         response = reused.response
+        usage = usage_of(response, prices)
     else:
         _check_budget(agent, inputs.totals, request, prices)
-        response = await _ask(agent, event, ctx, request, digest, prices, reused)
-    usage = usage_of(response, prices)
+        response, usage = await _ask(agent, event, ctx, request, digest, prices, reused)
     reply = assistant_message(response)
     ctx.defer_write(
         lambda c: append_messages(
@@ -148,8 +149,8 @@ async def _ask(
     digest: str,
     prices: Any,
     reused: Reusable | None,
-) -> dict[str, Any]:
-    """The model's answer, kept as this step's record the moment it arrives.
+) -> tuple[dict[str, Any], Usage]:
+    """The model's answer and its usage, kept as this step's record the moment it arrives.
 
     A response to use without asking (DESIGN.md invariant 7) is an operator's edited one or,
     in a recorded fork, the parent's for the same request; it is kept as this step's own, so
@@ -188,7 +189,7 @@ async def _ask(
         latency_ms=0.0 if reused is not None else (time.perf_counter() - started) * 1000,
         attempt=ctx.attempt,
     )
-    return response
+    return response, usage
 
 
 def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) -> Any:
