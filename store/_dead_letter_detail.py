@@ -9,7 +9,13 @@ from typing import Any
 from sqlalchemy import select
 
 from store._dead_letter_messages import actor_named_in, decode_pointer, error_type_of, shown_bytes
-from store._dead_letters import KIND_MESSAGE, KIND_STEP, dead_letter_number, group_key
+from store._dead_letters import (
+    KIND_MESSAGE,
+    KIND_STEP,
+    dead_letter_number,
+    group_key,
+    names_dead_letter,
+)
 from store._engine import Store
 from store._errors import NotFound
 from store._tables import dead_letters, runs, step_attempts, steps
@@ -18,7 +24,7 @@ from store._tables import dead_letters, runs, step_attempts, steps
 def dead_letter_detail(store: Store, item_id: str) -> dict[str, Any]:
     """One item whole: a step with its run and last attempt's traceback, or a message with
     its bytes (repr, truncated; base64 in full) and the step it points at, if any."""
-    if item_id.startswith("dl-") or item_id.isdigit():
+    if names_dead_letter(item_id):
         return _message_detail(store, dead_letter_number(item_id))
     with store.read() as connection:
         step = connection.execute(select(steps).where(steps.c.id == item_id)).first()

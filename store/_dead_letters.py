@@ -150,7 +150,7 @@ def _resolve(store: Store, where: DeadLetterFilter, target: str) -> list[DeadLet
             for item in [*_step_items(store, where), *_message_items(store, where)]
             if item.group == target
         ]
-    if target.startswith("dl-") or target.isdigit():
+    if names_dead_letter(target):
         return _message_items(store, where, only=dead_letter_number(target))
     found = _step_items(store, where, only=target)
     if len(found) > 1 and not any(item.id == target for item in found):
@@ -158,9 +158,19 @@ def _resolve(store: Store, where: DeadLetterFilter, target: str) -> list[DeadLet
     return [item for item in found if item.id == target] or found
 
 
+# Bare digits this long may be the prefix of a step id the list shows (hex can be all digits).
+_STEP_PREFIX_LENGTH = 6
+_LARGEST_ID = 2**31 - 1
+
+
+def names_dead_letter(target: str) -> bool:
+    """Whether ``target`` is a dead letter's id (dl-17, or a short bare 17), not a step's."""
+    return target.startswith("dl-") or (target.isdigit() and len(target) < _STEP_PREFIX_LENGTH)
+
+
 def dead_letter_number(target: str) -> int:
     text = target.removeprefix("dl-")
-    if not text.isdigit():
+    if not text.isdigit() or int(text) > _LARGEST_ID:
         raise NotFound(f"{target!r} is not a dead letter id; they look like dl-17")
     return int(text)
 

@@ -31,6 +31,7 @@ from store import (
     requeue_dead_letter,
     run_status,
 )
+from store._dead_letters import dead_letter_number, names_dead_letter
 from store._tables import dead_letters, operations, outbox, steps
 
 ROUTES = {
@@ -240,3 +241,13 @@ def test_replay_reruns_failed_runs_and_republishes_pointers_to_waiting_steps(sto
         "UndecodableMessage"
     ]
     assert requeue_dead_letter(store, int(ids["message"].removeprefix("dl-")))[0] is None
+
+
+def test_a_step_prefix_of_digits_is_not_taken_for_a_dead_letter_number() -> None:
+    # A 12-character step id prefix, as the list shows it, can be all digits (hex): it names
+    # a step; a short number or dl-N names a dead letter; one past the id column is unknown
+    assert not names_dead_letter("181510488203")
+    assert names_dead_letter("17") and names_dead_letter("dl-181510488203")
+    assert dead_letter_number("dl-17") == 17
+    with pytest.raises(NotFound, match="dl-17"):
+        dead_letter_number("dl-181510488203")
