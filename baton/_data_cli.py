@@ -52,7 +52,7 @@ class ExportFormat(StrEnum):
 
 @data_app.command()
 def label(
-    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    run_id: Annotated[str, typer.Argument(help="Run id, or its unique start or end.")],
     outcome: Annotated[Outcome, typer.Argument(help="good or bad")],
     note: Annotated[str | None, typer.Option(help="Why, kept with the label.")] = None,
 ) -> None:
@@ -71,7 +71,7 @@ def export(
         typer.Option("--format", help="openai-chat (JSONL for fine-tuning) or cassette."),
     ],
     run_id: Annotated[
-        str | None, typer.Argument(help="One run (id or prefix); cassette needs one.")
+        str | None, typer.Argument(help="One run (id, or its start or end); cassette needs one.")
     ] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent's conversations.")] = None,
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,

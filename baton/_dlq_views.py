@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from baton import _render
-from store import DeadLetterItem
+from store import DeadLetterItem, short_id
 
 
 def groups_table(groups: list[dict[str, Any]]) -> Table:
@@ -100,8 +100,9 @@ def detail_view(detail: dict[str, Any]) -> Group:
 
 
 def _short(item_id: str) -> str:
-    """A 32-character id as its first 12: a prefix every command here accepts."""
-    return item_id[:12] if len(item_id) == 32 else item_id
+    """A 32-character id as its last 12 (its first are its run's): every command here takes
+    them for the id."""
+    return short_id(item_id)
 
 
 def _seen(timestamp: float | None) -> str:

@@ -221,7 +221,7 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    run_id: Annotated[str, typer.Argument(help="Run id, or its unique start or end.")],
     as_json: JsonOption = False,
 ) -> None:
     """Show a run: status, events, steps with timings and attempts, memory."""
@@ -232,8 +232,10 @@ def runs_show(
 
 @runs_app.command("diff")
 def runs_diff(
-    run_a: Annotated[str, typer.Argument(help="Run id or a unique prefix (A).")],
-    run_b: Annotated[str, typer.Argument(help="Run id or a unique prefix (B), e.g. a fork of A.")],
+    run_a: Annotated[str, typer.Argument(help="Run id, or its unique start or end (A).")],
+    run_b: Annotated[
+        str, typer.Argument(help="Run id or its unique start or end (B), e.g. a fork of A.")
+    ],
     changed: Annotated[bool, typer.Option("--changed", help="Only the steps that differ.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -244,7 +246,9 @@ def runs_diff(
 
 
 @runs_app.command("trace")
-def runs_trace(run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")]) -> None:
+def runs_trace(
+    run_id: Annotated[str, typer.Argument(help="Run id, or its unique start or end.")],
+) -> None:
     """Draw a run's step tree with durations, from the store."""
     parts = stack()
     with clean_errors():
@@ -264,7 +268,9 @@ YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Bulk: act (else --
 def replay(
     run_id: Annotated[
         str | None,
-        typer.Argument(help="Run id or a unique prefix; omit it to select runs with --status."),
+        typer.Argument(
+            help="Run id or its unique start or end; omit it to select runs with --status."
+        ),
     ] = None,
     reason: ReasonOption = None,
     step: Annotated[str | None, typer.Option(help="In place: only this failed step.")] = None,
@@ -332,7 +338,9 @@ def replay(
 def cancel(
     run_id: Annotated[
         str | None,
-        typer.Argument(help="Run id or a unique prefix; omit it to select runs with --status."),
+        typer.Argument(
+            help="Run id or its unique start or end; omit it to select runs with --status."
+        ),
     ] = None,
     reason: ReasonOption = None,
     status: Annotated[
@@ -363,7 +371,7 @@ def cancel(
 
 @app.command()
 def signal(
-    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix.")],
+    run_id: Annotated[str, typer.Argument(help="Run id, or its unique start or end.")],
     name: Annotated[str, typer.Argument(help="The wait's name, e.g. approve.")],
     data: Annotated[str, typer.Option(help="JSON object handed to the waiting step.")] = "{}",
 ) -> None:

@@ -51,7 +51,9 @@ _API_ACTOR = "api:default"
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _datetime = TypeAdapter(datetime)
 
-RunId = Annotated[str, Path(min_length=1, max_length=64, description="a run id or a prefix")]
+RunId = Annotated[
+    str, Path(min_length=1, max_length=64, description="a run id, or its unique start or end")
+]
 
 
 def runs_router(intake: Intake, config: GatewayConfig) -> APIRouter:

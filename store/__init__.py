@@ -21,7 +21,8 @@ from store._engine import Store
 from store._errors import InvalidState, LeaseLost, NotFound, StoreError, StoreUnavailable
 from store._fork import Forked, fork_run
 from store._history import resolve_step_id, step_input
-from store._ids import derive_id
+from store._ids import derive_id, local_id
+from store._ids import short as short_id
 from store._maintenance import (
     Suspect,
     confirm_published,
@@ -109,6 +110,8 @@ __all__ = [
     "LeaseLost",
     "upgrade",
     "derive_id",
+    "local_id",
+    "short_id",
     # records
     "Route",
     "Router",

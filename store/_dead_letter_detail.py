@@ -1,5 +1,6 @@
 """One dead letter whole: a failed step with its run and its last attempt's traceback, or a
-message with its bytes and the step they point at. Reads by primary key (or a prefix of it)."""
+message with its bytes and the step they point at. Reads by primary key, or by the first
+characters of a step's id or the last ones of a failed step's (as the list shows them)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from store._dead_letters import (
 )
 from store._engine import Store
 from store._errors import NotFound
+from store._ids import FEWEST
+from store._model import STEP_FAILED
 from store._tables import dead_letters, runs, step_attempts, steps
 
 
@@ -28,11 +31,21 @@ def dead_letter_detail(store: Store, item_id: str) -> dict[str, Any]:
         return _message_detail(store, dead_letter_number(item_id))
     with store.read() as connection:
         step = connection.execute(select(steps).where(steps.c.id == item_id)).first()
-        if step is None and len(item_id) >= 6:
-            # A prefix, as the list shows them; through the primary key's range.
-            found = connection.execute(
-                select(steps).where(steps.c.id.startswith(item_id, autoescape=True)).limit(2)
-            ).all()
+        if step is None and len(item_id) >= FEWEST:
+            # The first characters, through the primary key's range; or the last ones (the
+            # list shows those), among failed steps, through the index on the state.
+            found = (
+                connection.execute(
+                    select(steps).where(steps.c.id.startswith(item_id, autoescape=True)).limit(2)
+                ).all()
+                or connection.execute(
+                    select(steps)
+                    .where(
+                        steps.c.state == STEP_FAILED, steps.c.id.endswith(item_id, autoescape=True)
+                    )
+                    .limit(2)
+                ).all()
+            )
             if len(found) > 1:
                 raise NotFound(f"{item_id!r} matches several steps; give more characters")
             step = found[0] if found else None

@@ -158,8 +158,8 @@ def _resolve(store: Store, where: DeadLetterFilter, target: str) -> list[DeadLet
     return [item for item in found if item.id == target] or found
 
 
-# Bare digits this long may be the prefix of a step id the list shows (hex can be all digits).
-_STEP_PREFIX_LENGTH = 6
+# Bare digits this long may be part of a step id the list shows (hex can be all digits).
+_STEP_PREFIX_LENGTH = _ids.FEWEST
 _LARGEST_ID = 2**31 - 1
 
 
@@ -207,10 +207,8 @@ def _step_items(
         steps.c.finished_at,
     ).where(*_failed_steps(where))
     if only is not None:
-        # A step id, or a prefix of one (at least 6 characters) as `baton runs show` takes.
-        query = query.where(
-            steps.c.id == only if len(only) < 6 else steps.c.id.startswith(only, autoescape=True)
-        )
+        # A step id, or its first or last characters (the list shows the last 12).
+        query = query.where(_ids.matching(steps.c.id, only))
     with store.read() as connection:
         rows = connection.execute(
             query.order_by(steps.c.finished_at.desc()).limit(where.limit)

@@ -393,7 +393,9 @@ class _Copier:
         first_messages = self._select(conversation, conversation.c.seq == 0)
         for message in first_messages:
             if message.step_id in self.kept:
-                self.loops[message.loop_id] = _ids.derive_id("fork", self.fork_id, message.loop_id)
+                self.loops[message.loop_id] = _ids.local_id(
+                    self.fork_id, "fork", self.fork_id, message.loop_id
+                )
 
     def copy_agents(self) -> dict[str, Any]:
         """Loops, conversation rows and model/tool calls of kept steps; returns run totals."""

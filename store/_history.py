@@ -120,26 +120,30 @@ class Renamer:
         return _ids.step_id(self.new[step.event_id], step.actor)
 
 
-def resolve_step_id(store: Store, run_id: str, step_id_or_prefix: str) -> str:
-    """A step of ``run_id`` from its id or a unique prefix of it (at least 6 characters)."""
+def resolve_step_id(store: Store, run_id: str, step_id_or_part: str) -> str:
+    """A step of ``run_id`` from its id, or the unique step whose id begins or ends with
+    ``step_id_or_part`` (at least 6 characters; listings show the last 12)."""
     with store.read() as connection:
         found = (
             connection.execute(
                 select(steps.c.id).where(
-                    steps.c.run_id == run_id, steps.c.id.startswith(step_id_or_prefix)
+                    steps.c.run_id == run_id, _ids.matching(steps.c.id, step_id_or_part)
                 )
             )
             .scalars()
             .all()
         )
-    if step_id_or_prefix in found:
-        return step_id_or_prefix
-    if len(found) == 1 and len(step_id_or_prefix) >= 6:
+    if step_id_or_part in found:
+        return step_id_or_part
+    if len(found) == 1:
         return str(found[0])
     if len(found) > 1:
-        raise NotFound(f"{step_id_or_prefix!r} matches several steps of run {run_id}")
+        raise NotFound(
+            f"{step_id_or_part!r} matches {len(found)} steps of run {run_id}; give more "
+            "characters, or the whole id from `baton runs show --json`"
+        )
     raise NotFound(
-        f"run {run_id} has no step {step_id_or_prefix!r}; see its steps with "
+        f"run {run_id} has no step {step_id_or_part!r}; see its steps with "
         f"`baton runs show {run_id}`"
     )
 

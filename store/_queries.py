@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 
+from store import _ids
 from store._engine import Store
 from store._errors import NotFound
 from store._tables import (
@@ -52,15 +53,16 @@ def list_runs(store: Store, where: RunFilter) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
-def resolve_run_id(store: Store, run_id_or_prefix: str) -> str:
-    """A full run id from an id or a unique prefix of one (at least 6 characters)."""
+def resolve_run_id(store: Store, run_id_or_part: str) -> str:
+    """A full run id from an id, or the unique one that begins or ends with ``run_id_or_part``
+    (at least 6 characters; listings show the last 12)."""
     with store.read() as connection:
-        if connection.execute(select(runs.c.id).where(runs.c.id == run_id_or_prefix)).first():
-            return run_id_or_prefix
-        if len(run_id_or_prefix) >= 6:
+        if connection.execute(select(runs.c.id).where(runs.c.id == run_id_or_part)).first():
+            return run_id_or_part
+        if len(run_id_or_part) >= _ids.FEWEST:
             found = (
                 connection.execute(
-                    select(runs.c.id).where(runs.c.id.startswith(run_id_or_prefix)).limit(2)
+                    select(runs.c.id).where(_ids.matching(runs.c.id, run_id_or_part)).limit(2)
                 )
                 .scalars()
                 .all()
@@ -68,8 +70,8 @@ def resolve_run_id(store: Store, run_id_or_prefix: str) -> str:
             if len(found) == 1:
                 return str(found[0])
             if len(found) > 1:
-                raise NotFound(f"{run_id_or_prefix!r} matches several runs; give more characters")
-    raise NotFound(f"no run {run_id_or_prefix!r}; list runs with `baton runs list`")
+                raise NotFound(f"{run_id_or_part!r} matches several runs; give more characters")
+    raise NotFound(f"no run {run_id_or_part!r}; list runs with `baton runs list`")
 
 
 def run_detail(store: Store, run_id: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from store import Store, operation_detail, read_memory, run_status, statuses_of
+from store import Store, operation_detail, read_memory, run_status, short_id, statuses_of
 from store._tables import operations, steps
 from tests.actors import effects
 from tests.actors.ops import OpsAsk, OpsPay, OpsSlow, OpsStart
@@ -117,14 +117,15 @@ def test_fork_from_a_middle_step_with_an_edit_then_diff(
         "id"
     ]
     step2 = step_of(store, run_id, "tests.actors.ops.ops_step", 1)
-    # When it is forked from step 2 (by a prefix of its id) with an edited input
+    # When it is forked from step 2 (by the end of its id, as listings show ids) with an
+    # edited input
     forked = ok(
         baton(
             baton_env,
             "replay",
             run_id,
             "--from",
-            step2[:10],
+            step2[-10:],
             "--edit",
             '{"add": 100}',
             "--reason",
@@ -326,7 +327,7 @@ def test_a_step_parked_as_outcome_unknown_is_replayed_in_place_with_the_operator
         "replay",
         run_id,
         "--step",
-        charge[:12],
+        short_id(charge),
         "--reason",
         "no charge at the bank",
         "--wait",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from store import Store, read_memory
+from store import Store, read_memory, short_id
 from tests.conftest import wait_for_run
 from tests.gateway import actors
 from tests.gateway.conftest import TOKEN, Gateway, config, count
@@ -82,7 +82,8 @@ def test_start_a_run_then_find_it_and_show_it(
         assert client.get("/runs", params={"status": "failed"}).json()["runs"] == []
         assert client.get("/runs", params={"since": "1h"}).json()["runs"][0]["id"] == run_id
         assert client.get("/runs", params={"since": "2999-01-01T00:00:00Z"}).json()["runs"] == []
-        # And shown whole by id or by a prefix of it
+        # And shown whole by id, by its start, or by its end (as listings show ids)
+        assert client.get(f"/runs/{short_id(run_id)}").json()["run"]["id"] == run_id
         shown = client.get(f"/runs/{run_id[:16]}")
         assert shown.status_code == 200, shown.text
         detail = shown.json()

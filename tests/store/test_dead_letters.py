@@ -30,6 +30,7 @@ from store import (
     replay_dead_letters,
     requeue_dead_letter,
     run_status,
+    short_id,
 )
 from store._dead_letters import dead_letter_number, names_dead_letter
 from store._tables import dead_letters, operations, outbox, steps
@@ -134,7 +135,7 @@ def test_detail_shows_the_last_attempts_traceback_or_the_raw_bytes(store: Store)
     detail = dead_letter_detail(store, step_id)
     assert detail["run_status"] == "failed"
     assert "PaymentDown: the payment API is down" in detail["last_attempt"]["traceback"]
-    assert dead_letter_detail(store, step_id[:12])["id"] == step_id  # as the list shows it
+    assert dead_letter_detail(store, short_id(step_id))["id"] == step_id  # as the list shows it
     # And the message shows its bytes' repr, cut after a KiB, and why it cannot be replayed
     shown = dead_letter_detail(store, message.id)
     assert (
@@ -243,8 +244,8 @@ def test_replay_reruns_failed_runs_and_republishes_pointers_to_waiting_steps(sto
     assert requeue_dead_letter(store, int(ids["message"].removeprefix("dl-")))[0] is None
 
 
-def test_a_step_prefix_of_digits_is_not_taken_for_a_dead_letter_number() -> None:
-    # A 12-character step id prefix, as the list shows it, can be all digits (hex): it names
+def test_a_short_step_id_of_digits_is_not_taken_for_a_dead_letter_number() -> None:
+    # The 12 characters of a step id the list shows can be all digits (hex): they name
     # a step; a short number or dl-N names a dead letter; one past the id column is unknown
     assert not names_dead_letter("181510488203")
     assert names_dead_letter("17") and names_dead_letter("dl-181510488203")

@@ -24,6 +24,7 @@ from store import (
     confirm_published,
     create_run,
     renew_leases,
+    short_id,
 )
 from store._ids import event_id, step_id, trigger_event_id
 from store._tables import events, memory, outbox, runs, step_attempts, steps
@@ -235,6 +236,29 @@ def test_ids_derive_from_the_cause_so_a_retry_addresses_the_same_rows(store: Sto
     with pytest.raises(LeaseLost, match="worker-a"):
         commit(store, lost, "worker-a", NewEvent("t_steps.next", {"i": 99}), total=99)
     assert row_counts(store) == before
+
+
+def test_a_runs_rows_share_the_start_of_its_id_and_sort_after_older_runs(store: Store) -> None:
+    # Given a run that has taken two steps, and a run started a few milliseconds later
+    older, first = start(store)
+    commit(store, claim(store, first, "worker-a"), "worker-a", NewEvent("t_steps.next", {"i": 1}))
+    time.sleep(0.005)
+    newer, _ = start(store)
+
+    # Then every event and step of a run begins as the run's id does (its creation time)
+    def ids_of(run_id: str) -> list[str]:
+        with store.read() as connection:
+            rows = [*connection.execute(select(events.c.id).where(events.c.run_id == run_id))]
+            rows += [*connection.execute(select(steps.c.id).where(steps.c.run_id == run_id))]
+        return [row.id for row in rows]
+
+    assert len(ids_of(older)) == 5 and len(ids_of(newer)) == 2
+    assert {i[:12] for i in ids_of(older)} == {older[:12]}
+    assert {i[:12] for i in ids_of(newer)} == {newer[:12]}
+    # So the newer run's rows sort after the older one's: each index on an id grows at its end
+    assert max(ids_of(older)) < min(ids_of(newer))
+    # And their ends, which listings show, differ within the run
+    assert len({short_id(i) for i in ids_of(older)}) == 5
 
 
 def test_committing_twice_raises_lease_lost_and_writes_nothing(store: Store) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from store import derive_id
+from store import local_id
 from store._agents import create_loop
 from workers._context import Context
 from workers._errors import ActorError
@@ -119,7 +119,9 @@ class Agent:
         return self.begin(ctx, input, parent=None)
 
     def begin(self, ctx: Context, input: str, parent: ParentCall | None) -> ModelCallRequested:
-        loop_id = derive_id("loop", ctx.step_id, self.name, parent.call_id if parent else "")
+        loop_id = local_id(
+            ctx.step_id, "loop", ctx.step_id, self.name, parent.call_id if parent else ""
+        )
         messages = [
             {"role": "system", "content": self.instructions},
             {"role": "user", "content": input},
