@@ -37,8 +37,11 @@ from store._model import (
     RUN_FINISHED,
     Claim,
     ClaimedStep,
+    Committed,
     CreatedRun,
+    Eager,
     NewEvent,
+    Preparer,
     Publish,
     Route,
     Router,
@@ -92,6 +95,7 @@ from store._reports import (
 from store._runs import cancel_run, fire_due_timers, replay_failed_steps, send_signal
 from store._steps import (
     claim_step,
+    commit_and_claim,
     commit_step,
     fail_step,
     park_step,
@@ -121,6 +125,9 @@ __all__ = [
     "Claim",
     "ClaimedStep",
     "CreatedRun",
+    "Committed",
+    "Eager",
+    "Preparer",
     "Suspect",
     "RUN_FINISHED",
     # runs
@@ -164,6 +171,7 @@ __all__ = [
     # the step protocol
     "claim_step",
     "commit_step",
+    "commit_and_claim",
     "fail_step",
     "park_step",
     "read_memory",

@@ -11,13 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection
 
 from store import _hot as hot
 from store._engine import Store
 from store._hot import Statement, json_in
 from store._recorded import RecordedResponses, recorded_responses
-from store._tables import agent_loops
 
 
 @dataclass(frozen=True)
@@ -122,13 +121,37 @@ def model_call_inputs(
     head: int,
     window: int,
 ) -> ModelCallInputs:
-    """The conversation window, the run's committed usage and any recorded responses."""
+    """``read_model_call_inputs`` in a read transaction of its own."""
     with store.read() as connection:
-        return ModelCallInputs(
-            messages=read_window(connection, loop_id, next_seq=next_seq, head=head, window=window),
-            totals=run_totals(connection, run_id, loop_id),
-            recorded=recorded_responses(connection, step_id, recorded_from),
+        return read_model_call_inputs(
+            connection,
+            run_id=run_id,
+            loop_id=loop_id,
+            step_id=step_id,
+            recorded_from=recorded_from,
+            next_seq=next_seq,
+            head=head,
+            window=window,
         )
+
+
+def read_model_call_inputs(
+    connection: Connection,
+    *,
+    run_id: str,
+    loop_id: str,
+    step_id: str,
+    recorded_from: str | None,
+    next_seq: int,
+    head: int,
+    window: int,
+) -> ModelCallInputs:
+    """The conversation window, the run's committed usage and any recorded responses."""
+    return ModelCallInputs(
+        messages=read_window(connection, loop_id, next_seq=next_seq, head=head, window=window),
+        totals=run_totals(connection, run_id, loop_id),
+        recorded=recorded_responses(connection, step_id, recorded_from),
+    )
 
 
 def read_window(
@@ -182,7 +205,7 @@ def run_totals(connection: Connection, run_id: str, loop_id: str) -> RunTotals:
 
 
 def record_response(
-    store: Store,
+    connection: Connection,
     *,
     step_id: str,
     run_id: str,
@@ -190,39 +213,36 @@ def record_response(
     agent: str,
     model: str,
     request_hash: str,
-    request: dict[str, Any],
+    request: str,
     response: dict[str, Any],
     usage: Usage,
     latency_ms: float,
     attempt: int,
 ) -> None:
-    """Keep the model's answer the moment it arrives, before the step commits.
-
-    A worker killed between the two does not pay for the same call twice: the retry finds
-    this row and reuses it.
-    """
-    with store.transaction() as connection:
-        _RESPONSE_UPSERT.run(
-            connection,
-            {
-                "step_id": step_id,
-                "run_id": run_id,
-                "loop_id": loop_id,
-                "agent": agent,
-                "model": model,
-                "request_hash": request_hash,
-                "request": _json_in(connection, request),
-                "response": _json_in(connection, response),
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "reasoning_tokens": usage.reasoning_tokens,
-                "cost_usd": usage.cost_usd,
-                "latency_ms": latency_ms,
-                "attempt": attempt,
-                "created_at": time.time(),
-            },
-        )
+    """Keep the model's answer with the transaction that ends its attempt: the step's commit,
+    or the record of its failure, so a retry reuses it instead of paying for it again.
+    ``request`` is the request's JSON text, as it was sent."""
+    _RESPONSE_UPSERT.run(
+        connection,
+        {
+            "step_id": step_id,
+            "run_id": run_id,
+            "loop_id": loop_id,
+            "agent": agent,
+            "model": model,
+            "request_hash": request_hash,
+            "request": hot.json_text_in(connection, request),
+            "response": _json_in(connection, response),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cost_usd": usage.cost_usd,
+            "latency_ms": latency_ms,
+            "attempt": attempt,
+            "created_at": time.time(),
+        },
+    )
 
 
 def count_usage(
@@ -248,10 +268,9 @@ def count_usage(
 
 
 def finish_loop(connection: Connection, loop_id: str, output: Any) -> None:
-    connection.execute(
-        update(agent_loops)
-        .where(agent_loops.c.id == loop_id)
-        .values(status="finished", output=output, finished_at=time.time())
+    _LOOP_FINISH.run(
+        connection,
+        {"id": loop_id, "output": _json_in(connection, output), "finished_at": time.time()},
     )
 
 
@@ -290,6 +309,38 @@ def tool_intent(
         else:
             _TOOL_ATTEMPT.run(connection, {"step_id": step_id, "attempt": attempt})
     return earlier
+
+
+def record_tool_call(
+    connection: Connection,
+    *,
+    step_id: str,
+    run_id: str,
+    loop_id: str,
+    call_id: str,
+    tool: str,
+    arguments: Any,
+    attempt: int,
+    result: Any,
+) -> None:
+    """The call of an idempotent tool and its result, with the step's commit: no intent is
+    written before it, since an attempt that died would be called again all the same."""
+    now = time.time()
+    _TOOL_CALLED.run(
+        connection,
+        {
+            "step_id": step_id,
+            "run_id": run_id,
+            "loop_id": loop_id,
+            "call_id": call_id,
+            "tool": tool,
+            "arguments": _json_in(connection, arguments),
+            "attempt": attempt,
+            "result": _json_in(connection, result),
+            "created_at": now,
+            "finished_at": now,
+        },
+    )
 
 
 def record_tool_result(connection: Connection, step_id: str, result: Any) -> None:
@@ -400,6 +451,25 @@ _TOOL_INTENT = Statement(
 )
 
 _TOOL_ATTEMPT = Statement("UPDATE tool_calls SET attempt = :attempt WHERE step_id = :step_id")
+
+_TOOL_CALLED = Statement(
+    """
+    INSERT INTO tool_calls (step_id, run_id, loop_id, call_id, tool, arguments, state, attempt,
+                            result, created_at, finished_at)
+    VALUES (:step_id, :run_id, :loop_id, :call_id, :tool, :arguments, 'done', :attempt,
+            :result, :created_at, :finished_at)
+    ON CONFLICT (step_id) DO UPDATE SET
+        state = 'done', attempt = excluded.attempt, result = excluded.result,
+        finished_at = excluded.finished_at
+    """
+)
+
+_LOOP_FINISH = Statement(
+    """
+    UPDATE agent_loops SET status = 'finished', output = :output, finished_at = :finished_at
+    WHERE id = :id
+    """
+)
 
 _TOOL_DONE = Statement(
     """

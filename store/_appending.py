@@ -21,10 +21,14 @@ from store._model import (
     STEP_PENDING,
     STEP_RUNNING,
     STEP_WAITING,
+    ClaimedStep,
+    Committed,
+    Eager,
     NewEvent,
     Publish,
     Route,
     Router,
+    StoredEvent,
 )
 from store._tables import join_arrivals, runs, steps
 
@@ -79,17 +83,21 @@ def append_events(
     event_ids: Sequence[str] | None = None,
     cause_span_id: str | None = None,
     cause_origin_step_id: str | None = None,
-) -> list[Publish]:
+    eager: Eager | None = None,
+    recorded: bool = False,
+) -> Committed:
     """Insert events and a step per subscribed actor, with outbox rows for the ready steps.
 
     The new steps' trace parent is ``cause_span_id`` (the committing attempt's span, or the
     request span that started the run), else the cause step's first span. In a fork,
     ``cause_origin_step_id`` is the parent run's counterpart of the cause step: each new step
-    gets its own counterpart, derived the way the parent derived its ids.
+    gets its own counterpart, derived the way the parent derived its ids. A ready step that
+    ``eager`` takes is written claimed, without a message (``recorded``: the run's flag).
     """
     parent_span = cause_span_id or (_ids.span_id(cause_step_id) if cause_step_id else trace_id[:16])
     plain: list[Publish] = []
     ready_joins: list[Publish] = []
+    claimed: list[ClaimedStep] = []
     event_rows = []
     step_rows = []
     for position, new_event in enumerate(new_events):
@@ -129,15 +137,28 @@ def append_events(
                 if ready is not None:
                     ready_joins.append(ready)
                 continue
+            origin_step_id = _ids.step_id(origin_event_id, route.actor) if origin_event_id else None
+            if eager is not None and eager.takes(route.actor):
+                row, step = _taken_step(
+                    eager,
+                    StoredEvent(event_id, run_id, new_event.type, new_event.data, groups, position),
+                    route,
+                    trace_id,
+                    parent_span,
+                    now,
+                    origin_step_id=origin_step_id,
+                    recorded=recorded,
+                )
+                step_rows.append(row)
+                claimed.append(step)
+                continue
             row, ready = ready_step(
                 run_id,
                 event_id,
                 route,
                 _ids.traceparent(trace_id, parent_span),
                 now,
-                origin_step_id=_ids.step_id(origin_event_id, route.actor)
-                if origin_event_id
-                else None,
+                origin_step_id=origin_step_id,
             )
             step_rows.append(row)
             plain.append(ready)
@@ -155,9 +176,23 @@ def append_events(
         )
     if step_rows:
         hot.STEPS_INSERT.run(connection, step_rows)
+    if claimed:
+        hot.ATTEMPT_START.run(
+            connection,
+            [
+                {
+                    "step_id": step.id,
+                    "attempt": 1,
+                    "run_id": run_id,
+                    "worker": eager.owner if eager else "",
+                    "started_at": now,
+                }
+                for step in claimed
+            ],
+        )
     # A join that became ready wrote its own outbox row in _arrive_at_join.
     add_to_outbox(connection, plain, now)
-    return [*plain, *ready_joins]
+    return Committed([*plain, *ready_joins], claimed)
 
 
 def ready_step(
@@ -187,6 +222,57 @@ def ready_step(
     return row, Publish(message_id, step_id, run_id, route.actor, route.queue, parent)
 
 
+def _taken_step(
+    eager: Eager,
+    event: StoredEvent,
+    route: Route,
+    trace_id: str,
+    parent_span: str,
+    now: float,
+    *,
+    origin_step_id: str | None,
+    recorded: bool,
+) -> tuple[dict[str, Any], ClaimedStep]:
+    """The row of a step its committing worker takes at once, and the step as it runs it."""
+    step_id = _ids.step_id(event.id, route.actor)
+    parent = _ids.traceparent(trace_id, parent_span)
+    row = _step_row(
+        step_id,
+        event.run_id,
+        event.id,
+        route.actor,
+        route.queue,
+        route.max_retries,
+        parent,
+        None,
+        now,
+        state=STEP_RUNNING,
+        origin_step_id=origin_step_id,
+    )
+    row.update(
+        attempts=1,
+        lease_owner=eager.owner,
+        lease_expires_at=now + eager.lease_seconds,
+        started_at=now,
+    )
+    step = ClaimedStep(
+        id=step_id,
+        run_id=event.run_id,
+        actor=route.actor,
+        attempt=1,
+        attempts_left=route.max_retries,
+        attempt_base=0,
+        traceparent=parent,
+        trace_id=trace_id,
+        event=event,
+        events=[event],
+        origin_step_id=origin_step_id,
+        recorded=recorded,
+        available_at=now,
+    )
+    return row, step
+
+
 def _step_row(
     step_id: str,
     run_id: str,
@@ -213,12 +299,15 @@ def _step_row(
         "attempt_base": 0,
         "max_retries": max_retries,
         "available_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
         "message_id": message_id,
         "published_at": now if message_id else None,
         "traceparent": parent,
         "join_expected": join_expected,
         "join_arrived": 0,
         "created_at": now,
+        "started_at": None,
         "origin_step_id": origin_step_id,
     }
 

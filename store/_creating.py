@@ -217,7 +217,7 @@ def _append_triggers(
                 now=now,
                 event_ids=[_ids.trigger_event_id(run_id)],
                 cause_span_id=request.root_span_id,
-            )
+            ).publish
             if not messages[run_id]:
                 # Nothing ready to run (no subscriber, or only a join): the store decides.
                 settle_run(connection, run_id, RUN_RUNNING, now)

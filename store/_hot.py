@@ -133,6 +133,19 @@ def json_in(connection: Connection, value: Any) -> Any:
     return json.dumps(value)
 
 
+def json_text_in(connection: Connection, text: str) -> Any:
+    """JSON already serialised, as the driver takes it for a JSON column (not parsed again)."""
+    if connection.dialect.name == "postgresql":
+        from psycopg.types.json import Json
+
+        return Json(text, dumps=_as_is)
+    return text
+
+
+def _as_is(text: Any) -> str:
+    return str(text)
+
+
 def json_reader(connection: Connection) -> Callable[[Any], Any]:
     """How to read a JSON column on the driver's rows: psycopg parses it; SQLite gives text."""
     if connection.dialect.name == "postgresql":
@@ -185,8 +198,8 @@ ATTEMPT_START = Statement(
     """
 )
 
-RUN_READ = Statement("SELECT status, trace_id FROM runs WHERE id = :id")
-RUN_LOCK = Statement("SELECT status, trace_id FROM runs WHERE id = :id FOR UPDATE")
+RUN_READ = Statement("SELECT status, trace_id, recorded FROM runs WHERE id = :id")
+RUN_LOCK = Statement("SELECT status, trace_id, recorded FROM runs WHERE id = :id FOR UPDATE")
 
 STEP_FINISH = Statement(
     """
@@ -214,11 +227,13 @@ EVENTS_INSERT = Statement(
 STEPS_INSERT = Statement(
     """
     INSERT INTO steps (id, run_id, event_id, actor, queue, state, attempts, attempt_base,
-                       max_retries, available_at, message_id, published_at, traceparent,
-                       join_expected, join_arrived, created_at, origin_step_id)
+                       max_retries, available_at, lease_owner, lease_expires_at, message_id,
+                       published_at, traceparent, join_expected, join_arrived, created_at,
+                       started_at, origin_step_id)
     VALUES (:id, :run_id, :event_id, :actor, :queue, :state, :attempts, :attempt_base,
-            :max_retries, :available_at, :message_id, :published_at, :traceparent,
-            :join_expected, :join_arrived, :created_at, :origin_step_id)
+            :max_retries, :available_at, :lease_owner, :lease_expires_at, :message_id,
+            :published_at, :traceparent, :join_expected, :join_arrived, :created_at,
+            :started_at, :origin_step_id)
     ON CONFLICT DO NOTHING
     """
 )

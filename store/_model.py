@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 RUN_RUNNING = "running"
 RUN_WAITING = "waiting"
@@ -88,6 +91,42 @@ class ClaimedStep:
     recorded: bool = False
     # When the step became ready to run (its queue lag is the claim time minus this).
     available_at: float = 0.0
+    # What the actor's preparer read in the transaction that claimed the step (``Preparer``).
+    prepared: Any = None
+
+
+# Reads what a step's handler needs, inside the transaction that claims the step: no
+# transaction, and no thread hop, of its own before the handler runs.
+Preparer = Callable[["Connection", ClaimedStep], Any]
+
+
+def _prepares_nothing(actor: str) -> Preparer | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Eager:
+    """Which of the steps a commit makes ready its worker takes on the spot.
+
+    ``takes(actor)`` is asked once per ready step, inside the transaction; a step it takes is
+    written already claimed by ``owner`` (attempt 1, a lease of ``lease_seconds``) and gets no
+    message: its worker runs it next. If the worker dies, the lease runs out and the
+    reconciler sends the step to another, as for any claimed step.
+    """
+
+    owner: str
+    lease_seconds: float
+    takes: Callable[[str], bool]
+    # The preparer of an actor's steps, run once the transaction has written everything else.
+    preparer: Callable[[str], Preparer | None] = _prepares_nothing
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a commit caused: messages to send after it, and steps its worker took (``Eager``)."""
+
+    publish: list[Publish]
+    claimed: list[ClaimedStep] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -23,6 +24,8 @@ from store._errors import LeaseLost
 from store._model import (
     RUN_CANCELED,
     RUN_FAILED,
+    RUN_RUNNING,
+    RUN_WAITING,
     STEP_CANCELED,
     STEP_FAILED,
     STEP_PENDING,
@@ -31,7 +34,10 @@ from store._model import (
     STEP_WAITING,
     Claim,
     ClaimedStep,
+    Committed,
+    Eager,
     NewEvent,
+    Preparer,
     Publish,
     Router,
     StoredEvent,
@@ -52,9 +58,16 @@ _EARLY_TOLERANCE_SECONDS = 0.05
 
 
 def claim_step(
-    store: Store, step_id: str, owner: str, lease_seconds: float, now: float | None = None
+    store: Store,
+    step_id: str,
+    owner: str,
+    lease_seconds: float,
+    now: float | None = None,
+    *,
+    prepare: Preparer | None = None,
 ) -> Claim:
-    """Take the lease of a step, or say why this delivery must not run it."""
+    """Take the lease of a step, or say why this delivery must not run it. ``prepare`` reads
+    what the handler needs in the same transaction (``ClaimedStep.prepared``)."""
     with store.transaction() as connection:
         # Read the clock once the write lock is ours: a claim that waited for it must not be
         # granted a lease that has already run out.
@@ -123,25 +136,25 @@ def claim_step(
             row.event_position,
         )
         arrivals = _load_arrivals(connection, step_id) if row.join_expected is not None else [event]
-        return Claim(
-            "claimed",
-            step=ClaimedStep(
-                id=step_id,
-                run_id=row.run_id,
-                actor=row.actor,
-                attempt=attempt,
-                attempts_left=row.max_retries - (attempt - 1 - row.attempt_base),
-                attempt_base=row.attempt_base,
-                traceparent=row.traceparent,
-                trace_id=run.trace_id,
-                event=event,
-                events=arrivals,
-                join=row.join_expected is not None,
-                available_at=row.available_at,
-                origin_step_id=row.origin_step_id,
-                recorded=bool(run.recorded),
-            ),
+        claimed = ClaimedStep(
+            id=step_id,
+            run_id=row.run_id,
+            actor=row.actor,
+            attempt=attempt,
+            attempts_left=row.max_retries - (attempt - 1 - row.attempt_base),
+            attempt_base=row.attempt_base,
+            traceparent=row.traceparent,
+            trace_id=run.trace_id,
+            event=event,
+            events=arrivals,
+            join=row.join_expected is not None,
+            available_at=row.available_at,
+            origin_step_id=row.origin_step_id,
+            recorded=bool(run.recorded),
         )
+        if prepare is not None:
+            claimed = replace(claimed, prepared=prepare(connection, claimed))
+        return Claim("claimed", step=claimed)
 
 
 def commit_step(
@@ -161,6 +174,34 @@ def commit_step(
     ``fan_out`` says the handler returned a list: its events form a group a join can wait on.
     Raises LeaseLost if another worker holds the step now; nothing is written then.
     """
+    return commit_and_claim(
+        store,
+        step,
+        owner,
+        emitted=emitted,
+        fan_out=fan_out,
+        memory_writes=memory_writes,
+        router=router,
+        extra_writes=extra_writes,
+        now=now,
+    ).publish
+
+
+def commit_and_claim(
+    store: Store,
+    step: ClaimedStep,
+    owner: str,
+    *,
+    emitted: Sequence[NewEvent],
+    fan_out: bool,
+    memory_writes: Mapping[str, Any],
+    router: Router,
+    extra_writes: Sequence[Callable[[Connection], None]] = (),
+    eager: Eager | None = None,
+    now: float | None = None,
+) -> Committed:
+    """``commit_step``, in which the steps it makes ready that ``eager`` takes are claimed for
+    its worker in the same transaction instead of being sent (only while the run runs)."""
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, step.run_id)
@@ -187,14 +228,14 @@ def commit_step(
             },
         )
         if canceled:
-            return []
+            return Committed([])
         groups = list(step.event.groups)
         if step.join:
             # A join closes the group it collected: what it emits belongs to the enclosing one.
             groups = groups[:-1]
         if fan_out:
             groups = [*groups, [step.id, len(emitted)]]
-        publish = append_events(
+        committed = append_events(
             connection,
             run_id=step.run_id,
             trace_id=run.trace_id,
@@ -205,12 +246,25 @@ def commit_step(
             now=now,
             cause_span_id=_ids.attempt_span_id(step.id, step.attempt),
             cause_origin_step_id=step.origin_step_id,
+            # A failed run holds its ready steps for a replay; a waiting one runs them.
+            eager=eager if run.status in (RUN_RUNNING, RUN_WAITING) else None,
+            recorded=bool(run.recorded),
         )
         write_memory(connection, step.run_id, step.id, memory_writes, now)
         for write in extra_writes:
             write(connection)
         settle_run(connection, step.run_id, run.status, now)
-        return publish
+        if eager is None or not committed.claimed:
+            return committed
+        # Last, so what the steps read includes everything this transaction wrote.
+        return Committed(
+            committed.publish, [_prepared(connection, eager, s) for s in committed.claimed]
+        )
+
+
+def _prepared(connection: Connection, eager: Eager, step: ClaimedStep) -> ClaimedStep:
+    prepare = eager.preparer(step.actor)
+    return step if prepare is None else replace(step, prepared=prepare(connection, step))
 
 
 def fail_step(
@@ -222,12 +276,17 @@ def fail_step(
     error_message: str,
     traceback: str,
     retry_in_ms: int | None,
+    extra_writes: Sequence[Callable[[Connection], None]] = (),
     now: float | None = None,
 ) -> list[Publish]:
-    """Record a failed attempt: schedule the retry, or fail the step and its run for good."""
+    """Record a failed attempt: schedule the retry, or fail the step and its run for good.
+    ``extra_writes`` are what the attempt keeps all the same (a model's answer it paid for)."""
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, step.run_id)
+        # After the run's lock, as in a commit: the same order in every transaction.
+        for write in extra_writes:
+            write(connection)
         if run.status == RUN_CANCELED:
             _finish_step(connection, step, owner, STEP_CANCELED, now)
             _end_attempt(connection, step, "canceled", now)
@@ -282,12 +341,17 @@ def park_step(
     *,
     wait_names: Sequence[str],
     deadline: float | None,
+    extra_writes: Sequence[Callable[[Connection], None]] = (),
     now: float | None = None,
 ) -> None:
-    """Park a step until one of the named signals arrives or its deadline passes."""
+    """Park a step until one of the named signals arrives or its deadline passes, keeping
+    ``extra_writes`` (what the attempt learnt so far)."""
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, step.run_id)
+        # After the run's lock, as in a commit: the same order in every transaction.
+        for write in extra_writes:
+            write(connection)
         if run.status == RUN_CANCELED:
             _finish_step(connection, step, owner, STEP_CANCELED, now)
             _end_attempt(connection, step, "canceled", now)

@@ -7,10 +7,11 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, overload
 
 from events import Event
+from store import Preparer
 from workers._durations import seconds
 from workers._errors import ActorError
 
@@ -30,6 +31,8 @@ class ActorOptions:
     join: bool
     throws: tuple[type[BaseException], ...]
     is_async: bool
+    # Built-in actors only (``prepared_by``): reads done in the transaction that claims a step.
+    prepare: Preparer | None = None
 
 
 class Actor(Generic[F]):
@@ -192,6 +195,12 @@ def _flatten(on: Any) -> list[Any]:
     if isinstance(on, Iterable):
         return list(on)
     return [on]
+
+
+def prepared_by(registered: Actor[Any], prepare: Preparer) -> None:
+    """Have ``prepare`` read what ``registered``'s handler needs in the transaction that claims
+    each of its steps (``ctx._prepared``), instead of in a transaction of its own."""
+    registered.options = replace(registered.options, prepare=prepare)
 
 
 def registered_actors() -> list[Actor[Any]]:

@@ -84,6 +84,7 @@ class Context:
         traceparent: str,
         trace_id: str,
         recorded_from: str | None = None,
+        prepared: Any = None,
     ) -> None:
         self.run_id = run_id
         self.step_id = step_id
@@ -104,15 +105,28 @@ class Context:
             _logger, {"run_id": run_id, "step_id": step_id, "actor": actor}
         )
         self._runtime = runtime
+        # What the actor's preparer read when the step was claimed (built-in actors).
+        self._prepared = prepared
         self._writes: list[Callable[[Connection], None]] = []
+        self._kept_writes: list[Callable[[Connection], None]] = []
 
-    def defer_write(self, write: Callable[[Connection], None]) -> None:
+    def defer_write(
+        self, write: Callable[[Connection], None], *, even_on_failure: bool = False
+    ) -> None:
         """Run ``write`` inside the transaction that commits this step (for built-in actors
-        that keep rows of their own, such as the conversation)."""
+        that keep rows of their own, such as the conversation). ``even_on_failure``: also
+        inside the one that records its failure or parks it (what the attempt paid for and a
+        retry reuses, such as a model's answer)."""
         self._writes.append(write)
+        if even_on_failure:
+            self._kept_writes.append(write)
 
     def pending_writes(self) -> list[Callable[[Connection], None]]:
         return list(self._writes)
+
+    def failure_writes(self) -> list[Callable[[Connection], None]]:
+        """The writes kept whatever the attempt's outcome (``even_on_failure``)."""
+        return list(self._kept_writes)
 
     def wait_for(self, name: str, *, timeout: float | str | None = None) -> dict[str, Any]:
         """The data of signal ``name`` sent to this run; parks the step until it arrives.

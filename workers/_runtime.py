@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -28,14 +29,17 @@ from dramatiq.middleware import CurrentMessage, Middleware, TimeLimitExceeded
 from events import Event, EventError, parse_event
 from store import (
     ClaimedStep,
+    Committed,
+    Eager,
     LeaseLost,
     NewEvent,
+    Preparer,
     Publish,
     Route,
     Store,
     StoreError,
     claim_step,
-    commit_step,
+    commit_and_claim,
     confirm_published,
     create_run,
     fail_step,
@@ -101,10 +105,15 @@ class Runtime:
         # lease, and the step runs elsewhere instead of hanging the run for good.
         self._in_flight: dict[str, float] = {}
         self._in_flight_lock = threading.Lock()
+        # Async steps started on the event loop and not ended (committed ones included).
+        self._async_running = 0
         self._confirmations: list[str] = []
         self._confirm_lock = threading.Lock()
         self._housekeeper: _Housekeeper | None = None
         self._async_slots = threading.BoundedSemaphore(self.config.max_async_steps)
+        # Whether a commit takes the async steps it makes ready for this worker (no message,
+        # no claim of their own); off once the worker begins to stop, so its drain ends.
+        self.runs_next_steps = True
         self.bind()
 
     # -- wiring ---------------------------------------------------------------------------
@@ -229,19 +238,27 @@ class Runtime:
         if registered is None:
             self._dead_letter_current(f"no actor {name!r} is registered in this worker")
             return
+        claim_it = functools.partial(
+            claim_step,
+            self.store,
+            step_id,
+            self.owner,
+            self.config.lease_seconds,
+            prepare=registered.options.prepare,
+        )
         if registered.options.is_async:
             # Take the async slot before the lease: a claim that waited for a slot could
             # otherwise outlive its unrenewed lease while another worker runs the step.
             self._async_slots.acquire()
             try:
-                claim = claim_step(self.store, step_id, self.owner, self.config.lease_seconds)
+                claim = claim_it()
             except BaseException:
                 self._async_slots.release()
                 raise
             if claim.outcome != "claimed":
                 self._async_slots.release()
         else:
-            claim = claim_step(self.store, step_id, self.owner, self.config.lease_seconds)
+            claim = claim_it()
         if claim.outcome == "succeeded":
             self.publish(claim.republish, confirm_now=True)
             return
@@ -266,31 +283,35 @@ class Runtime:
         self._hold(registered, step)
         try:
             with observe_step(step, registered.options.queue):
-                publish = self._execute(registered, step)
+                committed = self._execute(registered, step)
         except LeaseLost as error:
             _logger.warning("%s", error)
-            publish = []
+            committed = Committed([])
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(step.id, None)
-        self.publish(publish)
+        self.publish(committed.publish)
+        for claimed in committed.claimed:
+            self._hand_off(_async_actor(claimed), claimed)
 
-    def _hold(self, registered: Actor[Any], step: ClaimedStep) -> None:
+    def _hold(
+        self, registered: Actor[Any], step: ClaimedStep, *, running_async: bool = False
+    ) -> None:
         limit = registered.options.timeout_seconds or self.config.step_timeout_seconds
         with self._in_flight_lock:
             self._in_flight[step.id] = time.monotonic() + limit + 2 * self.config.lease_seconds
+            self._async_running += running_async
 
-    def _execute(self, registered: Actor[Any], step: ClaimedStep) -> list[Publish]:
+    def _execute(self, registered: Actor[Any], step: ClaimedStep) -> Committed:
         context = self._context(step)
         try:
             result = registered.fn(_handler_argument(step), context)
             emitted, fan_out = _emitted(registered, result)
         except Wait as wait:
-            park_step(self.store, step, self.owner, wait_names=wait.names, deadline=wait.deadline)
-            note_step_outcome("parked")
-            return []
+            self._park(step, context, wait)
+            return Committed([])
         except (Exception, TimeLimitExceeded) as error:
-            return self._fail(registered, step, error)
+            return Committed(self._fail(registered, step, error, context))
         return self._commit(step, context, emitted, fan_out)
 
     def _context(self, step: ClaimedStep) -> Context:
@@ -304,21 +325,57 @@ class Runtime:
             traceparent=step.traceparent,
             trace_id=step.trace_id,
             recorded_from=step.origin_step_id if step.recorded else None,
+            prepared=step.prepared,
         )
 
     def _commit(
         self, step: ClaimedStep, context: Context, emitted: list[NewEvent], fan_out: bool
-    ) -> list[Publish]:
-        return commit_step(
-            self.store,
-            step,
-            self.owner,
-            emitted=emitted,
-            fan_out=fan_out,
-            memory_writes=context.memory.pending_writes(),
-            extra_writes=context.pending_writes(),
-            router=self.route,
-        )
+    ) -> Committed:
+        """Commit the step; the async steps it makes ready are taken for this worker."""
+        # Slots taken for steps the transaction then does not keep are given back.
+        taken: list[str] = []
+
+        def takes(actor: str) -> bool:
+            if not self._takes(actor):
+                return False
+            taken.append(actor)
+            return True
+
+        eager = Eager(self.owner, self.config.lease_seconds, takes, _preparer)
+        try:
+            committed = commit_and_claim(
+                self.store,
+                step,
+                self.owner,
+                emitted=emitted,
+                fan_out=fan_out,
+                memory_writes=context.memory.pending_writes(),
+                extra_writes=context.pending_writes(),
+                router=self.route,
+                eager=eager if self.runs_next_steps else None,
+            )
+        except BaseException:
+            for _ in taken:
+                self._async_slots.release()
+            raise
+        self._let_go(step)
+        return committed
+
+    def _let_go(self, step: ClaimedStep) -> None:
+        """The step's lease ended (committed, failed or parked): stop renewing it, so the
+        housekeeper does not take its end for a loss."""
+        with self._in_flight_lock:
+            self._in_flight.pop(step.id, None)
+
+    def _takes(self, actor: str) -> bool:
+        """Whether this worker runs a ready step of ``actor`` itself, now: an async actor it
+        has, with a free slot on its event loop (taken here)."""
+        registered = find_actor(actor)
+        if registered is None or not registered.options.is_async:
+            return False
+        if get_event_loop_thread() is None:
+            return False
+        return self._async_slots.acquire(blocking=False)
 
     # -- async steps: handed to the event loop, the Dramatiq thread moves on ---------------
 
@@ -335,21 +392,32 @@ class Runtime:
         if loop_thread is None:
             self._async_slots.release()
             raise RuntimeError("async actors need the AsyncIO middleware's event loop")
-        self._hold(registered, step)
+        self._hold(registered, step, running_async=True)
         future = asyncio.run_coroutine_threadsafe(
             self._execute_async(registered, step), loop_thread.loop
         )
+        future.add_done_callback(functools.partial(self._async_step_ended, step))
 
-        def finished(done: concurrent.futures.Future[None]) -> None:
-            with self._in_flight_lock:
-                self._in_flight.pop(step.id, None)
-            self._async_slots.release()
-            if not done.cancelled() and done.exception() is not None:
-                _logger.error(
-                    "async step %s crashed outside its handler", step.id, exc_info=done.exception()
-                )
+    def _run_next_steps(self, claimed: list[ClaimedStep]) -> None:
+        """Start the steps a commit took for this worker, on this event loop (its own)."""
+        loop = asyncio.get_running_loop()
+        for step in claimed:
+            registered = _async_actor(step)
+            self._hold(registered, step, running_async=True)
+            task = loop.create_task(self._execute_async(registered, step))
+            task.add_done_callback(functools.partial(self._async_step_ended, step))
 
-        future.add_done_callback(finished)
+    def _async_step_ended(
+        self, step: ClaimedStep, done: concurrent.futures.Future[None] | asyncio.Future[None]
+    ) -> None:
+        with self._in_flight_lock:
+            self._in_flight.pop(step.id, None)
+            self._async_running -= 1
+        self._async_slots.release()
+        if not done.cancelled() and done.exception() is not None:
+            _logger.error(
+                "async step %s crashed outside its handler", step.id, exc_info=done.exception()
+            )
 
     async def _execute_async(self, registered: Actor[Any], step: ClaimedStep) -> None:
         # The step's span covers the coroutine, on the event loop, until its commit.
@@ -366,52 +434,60 @@ class Runtime:
                     result = await registered.fn(_handler_argument(step), context)
                 emitted, fan_out = _emitted(registered, result)
             except Wait as wait:
-                await asyncio.to_thread(
-                    park_step,
-                    self.store,
-                    step,
-                    self.owner,
-                    wait_names=wait.names,
-                    deadline=wait.deadline,
-                )
-                note_step_outcome("parked")
-                return
+                await asyncio.to_thread(self._park, step, context, wait)
             except TimeoutError as error:
-                if not deadline.expired():
-                    # The handler's own timeout (a socket, a client): an ordinary failure.
-                    publish = await asyncio.to_thread(self._fail, registered, step, error)
-                else:
-                    publish = await asyncio.to_thread(
-                        self._fail, registered, step, TimeLimitExceeded(f"{limit:g}s")
-                    )
+                # The step's own time limit, or a timeout of the handler's (a socket, a
+                # client): an ordinary failure.
+                failure = TimeLimitExceeded(f"{limit:g}s") if deadline.expired() else error
+                await asyncio.to_thread(self._fail_and_publish, registered, step, failure, context)
             except Exception as error:
-                publish = await asyncio.to_thread(self._fail, registered, step, error)
+                await asyncio.to_thread(self._fail_and_publish, registered, step, error, context)
             else:
-                await asyncio.to_thread(self._commit_and_publish, step, context, emitted, fan_out)
-                return
+                claimed = await asyncio.to_thread(
+                    self._commit_and_publish, step, context, emitted, fan_out
+                )
+                self._run_next_steps(claimed)
         except LeaseLost as error:
             _logger.warning("%s", error)
             note_step_outcome("lease_lost", error)
-            return
-        await asyncio.to_thread(self.publish, publish)
+
+    def _park(self, step: ClaimedStep, context: Context, wait: Wait) -> None:
+        park_step(
+            self.store,
+            step,
+            self.owner,
+            wait_names=wait.names,
+            deadline=wait.deadline,
+            extra_writes=context.failure_writes(),
+        )
+        self._let_go(step)
+        note_step_outcome("parked")
+
+    def _fail_and_publish(
+        self, registered: Actor[Any], step: ClaimedStep, error: BaseException, context: Context
+    ) -> None:
+        self.publish(self._fail(registered, step, error, context))
 
     def _commit_and_publish(
         self, step: ClaimedStep, context: Context, emitted: list[NewEvent], fan_out: bool
-    ) -> None:
-        """Commit, then send what the commit caused: one hop off the event loop, not two."""
-        self.publish(self._commit(step, context, emitted, fan_out))
+    ) -> list[ClaimedStep]:
+        """Commit, then send what the commit caused: one hop off the event loop, not two.
+        Returns the steps the commit took for this worker."""
+        committed = self._commit(step, context, emitted, fan_out)
+        self.publish(committed.publish)
+        return committed.claimed
 
     def drain(self, timeout: float) -> None:
         """Wait for handed-off async steps to finish, up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._in_flight_lock:
-                if not self._in_flight:
+                if not self._in_flight and not self._async_running:
                     return
             time.sleep(0.05)
 
     def _fail(
-        self, registered: Actor[Any], step: ClaimedStep, error: BaseException
+        self, registered: Actor[Any], step: ClaimedStep, error: BaseException, context: Context
     ) -> list[Publish]:
         permanent = isinstance(error, registered.options.throws + _NEVER_RETRIED)
         retry_in_ms = None
@@ -438,7 +514,7 @@ class Runtime:
             f"; retrying in {retry_in_ms} ms" if retry_in_ms is not None else "",
         )
         note_step_outcome("failed" if retry_in_ms is None else "retrying", error)
-        return fail_step(
+        publish = fail_step(
             self.store,
             step,
             self.owner,
@@ -446,7 +522,10 @@ class Runtime:
             error_message=message,
             traceback="".join(traceback.format_exception(error)),
             retry_in_ms=retry_in_ms,
+            extra_writes=context.failure_writes(),
         )
+        self._let_go(step)
+        return publish
 
     # -- dead letters --------------------------------------------------------------------
 
@@ -514,6 +593,18 @@ class Runtime:
 _LET_GO = float("-inf")
 
 
+def _preparer(actor: str) -> Preparer | None:
+    registered = find_actor(actor)
+    return None if registered is None else registered.options.prepare
+
+
+def _async_actor(step: ClaimedStep) -> Actor[Any]:
+    """The actor of a step a commit took for this worker (``Runtime._takes`` checked it)."""
+    registered = find_actor(step.actor)
+    assert registered is not None and registered.options.is_async
+    return registered
+
+
 def _handler_argument(step: ClaimedStep) -> Any:
     """The validated event, or for a join every event of the group."""
     if step.join:
@@ -551,6 +642,10 @@ def on_loop_shutdown(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
 class _DrainAsyncSteps(Middleware):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # The steps still running hand what follows to the broker, for the other workers.
+        self.runtime.runs_next_steps = False
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self.runtime.drain(self.runtime.config.lease_seconds * 3)

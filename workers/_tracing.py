@@ -211,11 +211,18 @@ def run_trace(
 
 
 class _StepOutcome:
-    __slots__ = ("error", "outcome")
+    __slots__ = ("error", "outcome", "step_id")
 
-    def __init__(self) -> None:
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
         self.outcome = "succeeded"
         self.error: BaseException | None = None
+
+
+def current_step_id() -> str | None:
+    """The step whose attempt runs here (this thread or task, or one it handed work to)."""
+    current = _current_step.get()
+    return None if current is None else current.step_id
 
 
 def note_step_outcome(outcome: str, error: BaseException | None = None) -> None:
@@ -272,7 +279,7 @@ def observe_step(step: ClaimedStep, queue: str) -> Iterator[None]:
         )
     finally:
         _next_span_id.reset(wanted)
-    outcome = _StepOutcome()
+    outcome = _StepOutcome(step.id)
     noted = _current_step.set(outcome)
     attached = otel_context.attach(trace.set_span_in_context(span))
     try:

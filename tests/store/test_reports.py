@@ -3,6 +3,7 @@ model exchanges in order, and per-agent figures that match the runs."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -80,21 +81,21 @@ def agent_run(
             ],
         }
         usage = Usage(input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost)
-        record_response(
-            store,
-            step_id=step_id,
-            run_id=run_id,
-            loop_id=loop_id,
-            agent=agent,
-            model="gpt-4.1-mini",
-            request_hash=str(n),
-            request=request,
-            response=response,
-            usage=usage,
-            latency_ms=1.0,
-            attempt=1,
-        )
         with store.transaction() as connection:
+            record_response(
+                connection,
+                step_id=step_id,
+                run_id=run_id,
+                loop_id=loop_id,
+                agent=agent,
+                model="gpt-4.1-mini",
+                request_hash=str(n),
+                request=json.dumps(request),
+                response=response,
+                usage=usage,
+                latency_ms=1.0,
+                attempt=1,
+            )
             append_messages(
                 connection,
                 loop_id=loop_id,

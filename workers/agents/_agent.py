@@ -200,5 +200,9 @@ def agent_named(name: str) -> Agent:
         ) from None
 
 
+def registered_agent(name: str) -> Agent | None:
+    return _agents.get(name)
+
+
 def registered_agents() -> list[Agent]:
     return list(_agents.values())

@@ -15,30 +15,36 @@ a thread, so one process keeps hundreds in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection
 
 from events import describe_validation
+from store import ClaimedStep
 from store._agents import (
+    ModelCallInputs,
     RunTotals,
     Usage,
     append_messages,
     count_usage,
     finish_loop,
     model_call_inputs,
+    read_model_call_inputs,
     record_response,
+    record_tool_call,
     record_tool_result,
     tool_intent,
 )
 from store._recorded import OWN, Reusable, recorded_tool_result
 from workers import _metrics
-from workers._actor import actor
+from workers._actor import actor, prepared_by
 from workers._context import Context
 from workers._tracing import agent_span, chat_span, tool_span
-from workers.agents._agent import HEAD_MESSAGES, Agent, agent_named
+from workers.agents._agent import HEAD_MESSAGES, Agent, agent_named, registered_agent
 from workers.agents._events import (
     AgentFinished,
     ModelCallRequested,
@@ -49,12 +55,12 @@ from workers.agents._events import (
 from workers.agents._model import (
     BudgetExceeded,
     ModelRefused,
+    ModelRequest,
     OutputInvalid,
     assistant_message,
     client_for,
     complete,
     prices_with,
-    request_hash,
     usage_of,
 )
 from workers.agents._pricing import price_of
@@ -78,31 +84,53 @@ async def model_call(event: ModelCallRequested, ctx: Context) -> Any:
         return await _model_call(agent, event, ctx)
 
 
+def _prepare_model_call(connection: Connection, step: ClaimedStep) -> ModelCallInputs | None:
+    """What a model call reads before it asks, read by the transaction that claims its step."""
+    data = step.event.data
+    agent = registered_agent(str(data.get("agent")))
+    if agent is None or not isinstance(data.get("seq"), int):
+        return None  # The handler reads again, and says what is wrong.
+    return read_model_call_inputs(
+        connection,
+        run_id=step.run_id,
+        loop_id=str(data.get("loop_id")),
+        step_id=step.id,
+        recorded_from=step.origin_step_id if step.recorded else None,
+        next_seq=data["seq"],
+        head=HEAD_MESSAGES,
+        window=agent.context_window,
+    )
+
+
+prepared_by(model_call, _prepare_model_call)
+
+
 async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> Any:
     runtime = ctx._runtime
     config = runtime.config
     prices = prices_with(config.model_prices)
-    inputs = await asyncio.to_thread(
-        model_call_inputs,
-        runtime.store,
-        run_id=ctx.run_id,
-        loop_id=event.loop_id,
-        step_id=ctx.step_id,
-        recorded_from=ctx.recorded_from,
-        next_seq=event.seq,
-        head=HEAD_MESSAGES,
-        window=agent.context_window,
-    )
-    request = agent.request(inputs.messages)
-    digest = request_hash(request)
-    reused = inputs.recorded.reusable(digest)
+    inputs = ctx._prepared
+    if not isinstance(inputs, ModelCallInputs):
+        inputs = await asyncio.to_thread(
+            model_call_inputs,
+            runtime.store,
+            run_id=ctx.run_id,
+            loop_id=event.loop_id,
+            step_id=ctx.step_id,
+            recorded_from=ctx.recorded_from,
+            next_seq=event.seq,
+            head=HEAD_MESSAGES,
+            window=agent.context_window,
+        )
+    request = ModelRequest(agent.request(inputs.messages))
+    reused = inputs.recorded.reusable(request.digest)
     if reused is not None and reused.source == OWN:
         # An earlier attempt of this step was answered (and, having asked, passed the budget).
         response = reused.response
         usage = usage_of(response, prices)
     else:
         _check_budget(agent, inputs.totals, request, prices)
-        response, usage = await _ask(agent, event, ctx, request, digest, prices, reused)
+        response, usage = await _ask(agent, event, ctx, request, prices, reused)
     reply = assistant_message(response)
     ctx.defer_write(
         lambda c: append_messages(
@@ -145,12 +173,13 @@ async def _ask(
     agent: Agent,
     event: ModelCallRequested,
     ctx: Context,
-    request: dict[str, Any],
-    digest: str,
+    request: ModelRequest,
     prices: Any,
     reused: Reusable | None,
 ) -> tuple[dict[str, Any], Usage]:
-    """The model's answer and its usage, kept as this step's record the moment it arrives.
+    """The model's answer and its usage, kept as this step's record by the transaction that
+    ends this attempt, whether it commits the step or records its failure: a retry then
+    reuses the answer instead of paying for it again.
 
     A response to use without asking (DESIGN.md invariant 7) is an operator's edited one or,
     in a recorded fork, the parent's for the same request; it is kept as this step's own, so
@@ -168,26 +197,28 @@ async def _ask(
             timeout=config.model_timeout_seconds,
             max_retries=config.model_max_retries,
         )
-        with chat_span(request, agent.base_url or config.model_base_url) as chat:
+        with chat_span(request.data, agent.base_url or config.model_base_url) as chat:
             response = await complete(client, request)
             chat.record(response)
     usage = usage_of(response, prices)
     if reused is None:
         _metrics.model_used(agent.name, agent.model, usage)
-    await asyncio.to_thread(
-        record_response,
-        runtime.store,
-        step_id=ctx.step_id,
-        run_id=ctx.run_id,
-        loop_id=event.loop_id,
-        agent=agent.name,
-        model=agent.model,
-        request_hash=digest,
-        request=request,
-        response=response,
-        usage=usage,
-        latency_ms=0.0 if reused is not None else (time.perf_counter() - started) * 1000,
-        attempt=ctx.attempt,
+    ctx.defer_write(
+        functools.partial(
+            record_response,
+            step_id=ctx.step_id,
+            run_id=ctx.run_id,
+            loop_id=event.loop_id,
+            agent=agent.name,
+            model=agent.model,
+            request_hash=request.digest,
+            request=request.text,
+            response=response,
+            usage=usage,
+            latency_ms=0.0 if reused is not None else (time.perf_counter() - started) * 1000,
+            attempt=ctx.attempt,
+        ),
+        even_on_failure=True,
     )
     return response, usage
 
@@ -252,7 +283,7 @@ def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) 
 def _check_budget(
     agent: Agent,
     totals: RunTotals,
-    request: dict[str, Any],
+    request: ModelRequest,
     prices: Any,
 ) -> None:
     """Stop before a model call that the policy does not allow, with the figures."""
@@ -265,8 +296,9 @@ def _check_budget(
         raise BudgetExceeded(
             f"budget exceeded: agent {agent.name!r} reached max_steps={policy.max_steps}; {spent}"
         )
-    # A conservative estimate of the next request's input: four characters a token.
-    estimated = len(json.dumps(request["messages"])) // 4
+    # A conservative estimate of the next request's input (messages, tools and the response
+    # format are all read by the model): four characters a token.
+    estimated = len(request.body) // 4
     used = totals.input_tokens + totals.output_tokens
     if policy.max_tokens is not None and used + estimated > policy.max_tokens:
         raise BudgetExceeded(
@@ -319,11 +351,16 @@ async def tool_call(event: ToolCallRequested, ctx: Context) -> Any:
 async def _call_once(
     target: Tool, arguments: dict[str, Any], event: ToolCallRequested, ctx: Context
 ) -> str:
-    """Call a tool with its intent recorded first (DESIGN.md invariant 6)."""
+    """Call a tool with its intent recorded first (DESIGN.md invariant 6); an idempotent one is
+    recorded once, with its result, by the step's commit."""
     if ctx.recorded_from is not None:
         served = await _recorded_result(target, event, ctx)
         if served is not None:
             return served
+    if target.idempotent:
+        content = await _invoke(target, arguments, event, ctx)
+        _keep_call(target, event, ctx, content)
+        return content
     earlier = await asyncio.to_thread(
         tool_intent,
         ctx._runtime.store,
@@ -332,7 +369,7 @@ async def _call_once(
         loop_id=event.loop_id,
         call_id=event.call_id,
         tool=target.name,
-        arguments=json.loads(event.arguments or "{}"),
+        arguments=arguments_of(event),
         attempt=ctx.attempt,
     )
     replayed = earlier is not None and earlier.attempt <= ctx.attempt_base
@@ -342,6 +379,15 @@ async def _call_once(
             f"(attempt {earlier.attempt} died without a result). Check the outside world, then "
             f"`baton replay {ctx.run_id} --step {ctx.step_id} --reason ...` to call it again"
         )
+    content = await _invoke(target, arguments, event, ctx)
+    ctx.defer_write(lambda c: record_tool_result(c, ctx.step_id, content))
+    return content
+
+
+async def _invoke(
+    target: Tool, arguments: dict[str, Any], event: ToolCallRequested, ctx: Context
+) -> str:
+    """The tool's answer: what it returned, or the error it raised, as text for the model."""
     ctx.agent_name = event.agent
     try:
         with tool_span(target.name, event.call_id, event.arguments) as span:
@@ -350,36 +396,47 @@ async def _call_once(
     except Exception as error:
         # The model gets the failure as the tool's answer and may try something else.
         result = f"error: {type(error).__name__}: {error}"
-    content = _render(result)
-    ctx.defer_write(lambda c: record_tool_result(c, ctx.step_id, content))
-    return content
+    return _render(result)
+
+
+def arguments_of(event: ToolCallRequested) -> Any:
+    """The call's arguments as recorded (the model's JSON; validated before the call)."""
+    return json.loads(event.arguments or "{}")
 
 
 async def _recorded_result(target: Tool, event: ToolCallRequested, ctx: Context) -> str | None:
     """In a recorded fork: the parent's result for the same tool and arguments at this
-    position, kept as this step's own; the tool is not called."""
-    store = ctx._runtime.store
-    arguments = json.loads(event.arguments or "{}")
+    position, kept as this step's own by its commit; the tool is not called."""
     assert ctx.recorded_from is not None
     result = await asyncio.to_thread(
-        recorded_tool_result, store, ctx.recorded_from, target.name, arguments
+        recorded_tool_result,
+        ctx._runtime.store,
+        ctx.recorded_from,
+        target.name,
+        arguments_of(event),
     )
     if result is None:
         return None
-    await asyncio.to_thread(
-        tool_intent,
-        store,
-        step_id=ctx.step_id,
-        run_id=ctx.run_id,
-        loop_id=event.loop_id,
-        call_id=event.call_id,
-        tool=target.name,
-        arguments=arguments,
-        attempt=ctx.attempt,
-    )
     content = _render(result)
-    ctx.defer_write(lambda c: record_tool_result(c, ctx.step_id, content))
+    _keep_call(target, event, ctx, content)
     return content
+
+
+def _keep_call(target: Tool, event: ToolCallRequested, ctx: Context, content: str) -> None:
+    """Record the call and its answer with the step's commit (no intent before it)."""
+    ctx.defer_write(
+        functools.partial(
+            record_tool_call,
+            step_id=ctx.step_id,
+            run_id=ctx.run_id,
+            loop_id=event.loop_id,
+            call_id=event.call_id,
+            tool=target.name,
+            arguments=arguments_of(event),
+            attempt=ctx.attempt,
+            result=content,
+        )
+    )
 
 
 def _render(result: Any) -> str:

@@ -75,7 +75,7 @@ async def close_clients() -> None:
 on_loop_shutdown(close_clients)
 
 
-async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> dict[str, Any]:
+async def complete(client: openai.AsyncOpenAI, request: ModelRequest) -> dict[str, Any]:
     """One chat completion as plain JSON; ModelRefused for errors a retry cannot fix.
 
     The request is already the JSON body and the response is kept as JSON, so it goes
@@ -83,12 +83,13 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> dict[
     typed ``create``, which walks the body against its TypedDicts and builds pydantic models
     only for us to dump them again: about 0.6 ms of CPU per call.
     """
+    model = request.data["model"]
     try:
-        raw = await client.post("/chat/completions", body=request, cast_to=bytes)
+        raw = await client.post("/chat/completions", content=request.body, cast_to=bytes)
     except openai.APIStatusError as error:
         if error.status_code in _PERMANENT_STATUS:
             raise ModelRefused(
-                f"model {request['model']!r} refused the request ({error.status_code}): "
+                f"model {model!r} refused the request ({error.status_code}): "
                 f"{_provider_message(error)}"
             ) from None
         raise
@@ -98,8 +99,7 @@ async def complete(client: openai.AsyncOpenAI, request: dict[str, Any]) -> dict[
         response = None
     if not isinstance(response, dict) or not response.get("choices"):
         raise ModelAnswerUnreadable(
-            f"model {request['model']!r} answered with something that is not a chat "
-            f"completion: {raw[:200]!r}"
+            f"model {model!r} answered with something that is not a chat completion: {raw[:200]!r}"
         )
     return response
 
@@ -113,10 +113,17 @@ def _provider_message(error: openai.APIStatusError) -> str:
     return error.message
 
 
-def request_hash(request: Mapping[str, Any]) -> str:
-    """Identifies a request by content: same hash, same question."""
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+class ModelRequest:
+    """A Chat Completions request, serialised once: the body sent, the text recorded and
+    the hash that identifies it (same hash, same question) all come from one JSON text."""
+
+    __slots__ = ("body", "data", "digest", "text")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        self.body = self.text.encode()
+        self.digest = hashlib.sha256(self.body).hexdigest()
 
 
 def usage_of(response: Mapping[str, Any], prices: Mapping[str, Price]) -> Usage:
@@ -142,11 +149,20 @@ def usage_of(response: Mapping[str, Any], prices: Mapping[str, Price]) -> Usage:
 
 
 def prices_with(overrides: Mapping[str, Any]) -> dict[str, Price]:
-    """The default price table with the deployment's overrides (USD per million tokens)."""
+    """The default price table with the deployment's overrides (USD per million tokens);
+    built once per overrides table (the runtime's config keeps one for its life)."""
+    built = _price_tables.get(id(overrides))
+    if built is not None and built[0] is overrides:
+        return built[1]
     prices = dict(DEFAULT_PRICES)
     for model, price in overrides.items():
         prices[model] = price if isinstance(price, Price) else Price(**price)
+    _price_tables[id(overrides)] = (overrides, prices)
     return prices
+
+
+# id(overrides) -> (overrides, table): the overrides are kept, so the id is not reused.
+_price_tables: dict[int, tuple[Mapping[str, Any], dict[str, Price]]] = {}
 
 
 def assistant_message(response: Mapping[str, Any]) -> dict[str, Any]:

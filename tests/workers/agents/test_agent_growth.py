@@ -7,11 +7,9 @@ import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-import dramatiq
 import pytest
 from sqlalchemy import event
 
@@ -19,6 +17,7 @@ from events import Event
 from store import Store, run_detail
 from tests.conftest import wait_for_run
 from workers import Agent, Context, Worker, actor, tool
+from workers._tracing import current_step_id
 from workers.agents.offline_model import OfflineModelHandle
 
 EARLY_TURN = 20
@@ -56,19 +55,8 @@ def t_agents_growth_start(event: GrowthStart, ctx: Context) -> Event:
 
 # -- measuring what one step does to the store ------------------------------------------------
 
-# The step a thread (or a task, or a thread the task hands work to) is running: set from the
-# Dramatiq message before the handler runs; asyncio copies it into tasks and to_thread calls.
-running_step: ContextVar[str | None] = ContextVar("t_agents_running_step", default=None)
-
-
-class TagSteps(dramatiq.Middleware):
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        running_step.set(message.args[0] if message.args else None)
-
-    def after_process_message(self, broker: dramatiq.Broker, message: Any, **_: Any) -> None:
-        running_step.set(None)
-
-
+# A step's work is what runs while its attempt does (current_step_id): its handler and its
+# commit, which claims the steps it makes ready for this worker and reads what they need.
 _TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK")
 
 
@@ -87,7 +75,7 @@ def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
 
     def on_connect(connection: sqlite3.Connection, _record: Any) -> None:
         def progress() -> int:
-            step = running_step.get()
+            step = current_step_id()
             if step is not None:
                 work[step].vm_steps += 1
             return 0
@@ -95,14 +83,14 @@ def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
         connection.set_progress_handler(progress, 10)
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        step = running_step.get()
+        step = current_step_id()
         # Not BEGIN or the writer's savepoints: which of those a write takes depends on the
         # other threads' writes its commit is grouped with, not on the step's own work.
         if step is not None and not statement.startswith(_TRANSACTION_CONTROL):
             work[step].statements += 1
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        step = running_step.get()
+        step = current_step_id()
         if step is not None and cursor.rowcount > 0:
             work[step].rows_written += cursor.rowcount
 
@@ -131,7 +119,6 @@ def test_turn_200_of_a_conversation_costs_what_turn_20_costs(
 ) -> None:
     # Given a worker whose steps are measured, and an agent the model keeps calling a tool for
     worker = agent_worker(offline_model())
-    worker.runtime.broker.add_middleware(TagSteps())
 
     # When its loop runs past turn 200 (max_steps ends it)
     run_id = worker.runtime.start_run(GrowthStart()).run_id
