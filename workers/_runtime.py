@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -17,7 +18,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,8 @@ class Runtime:
         self._in_flight_lock = threading.Lock()
         # Async steps started on the event loop and not ended (committed ones included).
         self._async_running = 0
+        # Steps whose commit, failure or park is being written: their lease ends on purpose.
+        self._ending_leases: set[str] = set()
         self._confirmations: list[str] = []
         self._confirm_lock = threading.Lock()
         self._housekeeper: _Housekeeper | None = None
@@ -343,29 +346,37 @@ class Runtime:
 
         eager = Eager(self.owner, self.config.lease_seconds, takes, _preparer)
         try:
-            committed = commit_and_claim(
-                self.store,
-                step,
-                self.owner,
-                emitted=emitted,
-                fan_out=fan_out,
-                memory_writes=context.memory.pending_writes(),
-                extra_writes=context.pending_writes(),
-                router=self.route,
-                eager=eager if self.runs_next_steps else None,
-            )
+            with self._ending(step):
+                committed = commit_and_claim(
+                    self.store,
+                    step,
+                    self.owner,
+                    emitted=emitted,
+                    fan_out=fan_out,
+                    memory_writes=context.memory.pending_writes(),
+                    extra_writes=context.pending_writes(),
+                    router=self.route,
+                    eager=eager if self.runs_next_steps else None,
+                )
         except BaseException:
             for _ in taken:
                 self._async_slots.release()
             raise
-        self._let_go(step)
         return committed
 
-    def _let_go(self, step: ClaimedStep) -> None:
-        """The step's lease ended (committed, failed or parked): stop renewing it, so the
-        housekeeper does not take its end for a loss."""
+    @contextlib.contextmanager
+    def _ending(self, step: ClaimedStep) -> Iterator[None]:
+        """Around the transaction that ends the step's lease (its commit, failure or park):
+        meanwhile the housekeeper does not take the lease's end for a loss, and afterwards
+        it stops renewing it."""
         with self._in_flight_lock:
-            self._in_flight.pop(step.id, None)
+            self._ending_leases.add(step.id)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._ending_leases.discard(step.id)
+                self._in_flight.pop(step.id, None)
 
     def _takes(self, actor: str) -> bool:
         """Whether this worker runs a ready step of ``actor`` itself, now: an async actor it
@@ -452,15 +463,15 @@ class Runtime:
             note_step_outcome("lease_lost", error)
 
     def _park(self, step: ClaimedStep, context: Context, wait: Wait) -> None:
-        park_step(
-            self.store,
-            step,
-            self.owner,
-            wait_names=wait.names,
-            deadline=wait.deadline,
-            extra_writes=context.failure_writes(),
-        )
-        self._let_go(step)
+        with self._ending(step):
+            park_step(
+                self.store,
+                step,
+                self.owner,
+                wait_names=wait.names,
+                deadline=wait.deadline,
+                extra_writes=context.failure_writes(),
+            )
         note_step_outcome("parked")
 
     def _fail_and_publish(
@@ -514,18 +525,17 @@ class Runtime:
             f"; retrying in {retry_in_ms} ms" if retry_in_ms is not None else "",
         )
         note_step_outcome("failed" if retry_in_ms is None else "retrying", error)
-        publish = fail_step(
-            self.store,
-            step,
-            self.owner,
-            error_type=type(error).__name__,
-            error_message=message,
-            traceback="".join(traceback.format_exception(error)),
-            retry_in_ms=retry_in_ms,
-            extra_writes=context.failure_writes(),
-        )
-        self._let_go(step)
-        return publish
+        with self._ending(step):
+            return fail_step(
+                self.store,
+                step,
+                self.owner,
+                error_type=type(error).__name__,
+                error_message=message,
+                traceback="".join(traceback.format_exception(error)),
+                retry_in_ms=retry_in_ms,
+                extra_writes=context.failure_writes(),
+            )
 
     # -- dead letters --------------------------------------------------------------------
 
@@ -586,6 +596,7 @@ class Runtime:
         with self._in_flight_lock:
             # A step that committed meanwhile released its lease: that is not a loss.
             lost &= self._in_flight.keys()
+            lost -= self._ending_leases
         for step_id in lost:
             _logger.warning("lease of step %s was lost; its result will be dropped", step_id)
 

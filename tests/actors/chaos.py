@@ -1,7 +1,9 @@
-"""Actors for the chaos tests: a chain of steps with keyed side effects, and a slow step."""
+"""Actors for the chaos tests: a chain of steps with keyed side effects (sync steps, and
+async ones, which a worker continues itself), and a slow step."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -48,6 +50,27 @@ def chaos_step(event: ChaosStep, ctx: Context) -> ChaosStep | ChaosDone:
         if time.monotonic() > deadline:
             raise TimeoutError(f"gate {event.gate} was never opened")
         time.sleep(0.02)
+    if event.i < event.steps:
+        return event.model_copy(update={"i": event.i + 1})
+    return ChaosDone(steps=event.steps)
+
+
+class AsyncChaosStep(Event, type="t_chaos.async_step"):
+    """``ChaosStep`` as an async chain: each commit hands the next step to its own worker."""
+
+    effects: str
+    i: int = 1
+    steps: int = 10
+    pause: float = 0.2
+
+
+@actor(on=AsyncChaosStep, retries=10)
+async def async_chaos_step(event: AsyncChaosStep, ctx: Context) -> AsyncChaosStep | ChaosDone:
+    label = f"{ctx.run_id}/{event.i}"
+    effects.record_call(event.effects, ctx.idempotency_key, label, ctx.attempt)
+    await asyncio.sleep(event.pause / 2)
+    effects.record_effect(event.effects, ctx.idempotency_key, label)
+    await asyncio.sleep(event.pause / 2)
     if event.i < event.steps:
         return event.model_copy(update={"i": event.i + 1})
     return ChaosDone(steps=event.steps)

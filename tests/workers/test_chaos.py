@@ -20,7 +20,7 @@ import redis
 from baton._valkey import EmbeddedValkey
 from store import RUN_FINISHED, Store, run_detail, run_status
 from tests.actors import effects
-from tests.actors.chaos import ChaosStep, SlowStep
+from tests.actors.chaos import AsyncChaosStep, ChaosStep, SlowStep
 from tests.conftest import FAST, wait_for_run
 from workers import Runtime
 
@@ -88,16 +88,22 @@ def assert_each_step_applied_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("chain", [ChaosStep, AsyncChaosStep], ids=["sync", "async"])
 def test_workers_sigkilled_at_random_lose_no_step_and_repeat_no_side_effect(
-    store: Store, make_runtime: Callable[..., Runtime], worker_processes: Spawn, tmp_path: Path
+    store: Store,
+    make_runtime: Callable[..., Runtime],
+    worker_processes: Spawn,
+    tmp_path: Path,
+    chain: type[ChaosStep] | type[AsyncChaosStep],
 ) -> None:
     # Given two worker processes, and runs of 10 steps, each step applying a keyed effect
+    # (async steps: each worker runs the next step of a chain itself, with no message)
     ledger = effects.create(tmp_path / "effects.db")
     workers = [worker_processes(MODULE), worker_processes(MODULE)]
     runtime = make_runtime()
 
     def start() -> str:
-        return runtime.start_run(ChaosStep(effects=ledger, steps=10, pause=0.3)).run_id
+        return runtime.start_run(chain(effects=ledger, steps=10, pause=0.3)).run_id
 
     run_ids = [start() for _ in range(8)]
     # When, every 0.5-1 s (or as fast as a replacement starts), a random worker is SIGKILLed
