@@ -37,13 +37,13 @@ def create_app(runtime: Runtime, config: GatewayConfig | None = None) -> FastAPI
         # request for about 100 ms. Frozen, collections walk only what requests allocate.
         gc.collect()
         gc.freeze()
-        intake.start()
+        await intake.start()
         try:
             yield
         finally:
-            # Queued messages are sent before the process exits; any that are not, the relay
-            # sends from the outbox.
-            intake.stop()
+            # Runs handed over are created and their messages sent before the process exits;
+            # any message that is not, the relay sends from the outbox.
+            await intake.stop()
             gc.unfreeze()
 
     app = FastAPI(

@@ -1,4 +1,4 @@
-"""The gateway's writing thread: commits runs in batches, hands their messages to the
+"""The run writer's committing thread: commits runs in batches, hands their messages to the
 sender, and confirms the ones Redis took with its next commit (or on its own when idle).
 
 A request is answered once its run has committed; its messages are sent a moment later. If
@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from sqlalchemy.exc import IntegrityError
 
 from gateway._batch import RunRequest, create_runs, settle
 from gateway._sender import Sender
-from store import CreatedRun, Publish, confirm_published, create_run
+from store import CreatedRun, Publish, Router, confirm_published, create_run
 from workers import Runtime
 
 _logger = logging.getLogger("baton.gateway")
@@ -32,10 +30,11 @@ CONFIRM_IDLE_SECONDS = 0.05
 class Committer(threading.Thread):
     """Creates the gateway's runs, a batch per transaction, and has their messages sent."""
 
-    def __init__(self, runtime: Runtime, write_lock: threading.Lock | None) -> None:
+    def __init__(self, runtime: Runtime, router: Router) -> None:
         super().__init__(name="baton-gateway-committer", daemon=True)
         self.runtime = runtime
-        self._write_lock = write_lock
+        # The gateway says which actors each type's runs start (the writer imports none).
+        self.router = router
         self._queue: queue.SimpleQueue[list[RunRequest] | None] = queue.SimpleQueue()
         # Message ids Redis has taken whose outbox rows are not deleted yet.
         self._sent: list[str] = []
@@ -50,23 +49,11 @@ class Committer(threading.Thread):
         """Queue runs to create; each request's answer is settled once its run committed."""
         self._queue.put(requests)
 
-    def publish(self, messages: list[Publish]) -> None:
-        """Send messages another transaction committed (a replay, a signal)."""
-        self.sender.submit(list(messages))
-
     def stop(self, timeout: float = 10.0) -> None:
         """Commit and send what is queued, then stop."""
         if self.is_alive():
             self._queue.put(None)
             self.join(timeout)
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        if self._write_lock is None:
-            yield
-            return
-        with self._write_lock:
-            yield
 
     def run(self) -> None:
         stopping = False
@@ -102,12 +89,9 @@ class Committer(threading.Thread):
         created: list[CreatedRun | BaseException]
         confirmed = self._take_sent()
         try:
-            with self.writing():
-                created = list[CreatedRun | BaseException](
-                    create_runs(
-                        self.runtime.store, requests, self.runtime.route, published=confirmed
-                    )
-                )
+            created = list[CreatedRun | BaseException](
+                create_runs(self.runtime.store, requests, self.router, published=confirmed)
+            )
         except IntegrityError:
             self._note_sent(confirmed)
             # Another process committed one of the keys since our query: one by one, each
@@ -127,15 +111,14 @@ class Committer(threading.Thread):
     def _one(self, request: RunRequest) -> CreatedRun | BaseException:
         for _ in range(2):
             try:
-                with self.writing():
-                    return create_run(
-                        self.runtime.store,
-                        request.trigger,
-                        self.runtime.route,
-                        dedupe_key=request.dedupe_key,
-                        trace_id=request.trace_id,
-                        root_span_id=request.root_span_id,
-                    )
+                return create_run(
+                    self.runtime.store,
+                    request.trigger,
+                    self.router,
+                    dedupe_key=request.dedupe_key,
+                    trace_id=request.trace_id,
+                    root_span_id=request.root_span_id,
+                )
             except IntegrityError:
                 # The same race on this key alone: the second look finds the run.
                 continue
@@ -155,8 +138,7 @@ class Committer(threading.Thread):
     def _confirm(self) -> None:
         while confirmed := self._take_sent():
             try:
-                with self.writing():
-                    confirm_published(self.runtime.store, confirmed)
+                confirm_published(self.runtime.store, confirmed)
             except Exception as error:
                 # The relay re-sends them: a duplicate message is harmless, a lost one is not.
                 _logger.warning(

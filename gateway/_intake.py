@@ -1,4 +1,4 @@
-"""Starting runs from the gateway: group-committed, then published, by one thread."""
+"""Starting runs from the gateway: created by its run writer, a process of its own."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ from opentelemetry.trace import Span
 
 from events import Event
 from gateway._batch import Answer, RunRequest
-from gateway._committer import Committer
 from gateway._errors import ApiError
 from gateway._events import trigger_event
 from gateway._records import record_ignored
+from gateway._writer_client import RunWriter
 from gateway.sources import Delivery
 from store import CreatedRun, NewEvent, Publish, modules_for_event_type
 from workers import Runtime, WorkerError, import_modules
 from workers._tracing import run_trace
 
 _logger = logging.getLogger("baton.gateway")
+# Deliveries handed to the run writer together at most, within one turn of the event loop.
+HAND_OVER_EVERY = 16
 # (trace id, parent span id) of a run: None for a new trace, or for its first span.
 Root = tuple[str | None, str | None]
 
@@ -44,30 +46,33 @@ class Intake:
         self.runtime = runtime
         self.store = runtime.store
         self._import_lock = threading.Lock()
-        # Deliveries read in this turn of each event loop, not yet handed to the committer.
+        # Deliveries read in this turn of each event loop, not yet handed to the writer.
         self._pending: dict[asyncio.AbstractEventLoop, list[RunRequest]] = {}
-        # SQLite has one writer at a time; waiting on a lock here is fair and immediate,
-        # where SQLite's own busy handler sleeps for milliseconds between tries.
-        self.committer = Committer(
-            runtime, threading.Lock() if self.store.dialect == "sqlite" else None
-        )
+        # SQLite has one writer at a time: this process's other writes take turns here, and
+        # meet the run writer's through SQLite's lock.
+        self._write_lock = threading.Lock() if self.store.dialect == "sqlite" else None
+        self.writer = RunWriter(runtime)
 
-    def start(self) -> None:
-        self.committer.start()
+    async def start(self) -> None:
+        await self.writer.start()
 
-    def stop(self) -> None:
-        # Runs queued are created and their messages sent before this returns.
-        self.committer.stop()
+    async def stop(self) -> None:
+        # Runs handed over are created and their messages sent before this returns.
+        await self.writer.stop()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Hold the store's write turn (SQLite) for a state change made outside the committer."""
-        with self.committer.writing():
+        """Take this process's write turn (SQLite) for a state change made here."""
+        if self._write_lock is None:
+            yield
+            return
+        with self._write_lock:
             yield
 
     def publish(self, messages: list[Publish]) -> None:
-        """Send messages a transaction has committed (after this returns, soon)."""
-        self.committer.publish(messages)
+        """Send messages a transaction here has committed (from a thread: it waits on Redis).
+        If Redis is away their outbox rows stay, and the workers' relay sends them."""
+        self.runtime.publish(messages, confirm_now=True)
 
     # -- webhooks ------------------------------------------------------------------------
 
@@ -86,12 +91,15 @@ class Intake:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[CreatedRun] = loop.create_future()
         request = self._request(event, dedupe_key, answer, root)
-        # The deliveries read in one turn of the event loop go to the committer together.
+        # The deliveries read in one turn of the event loop go to the writer together, a few
+        # at a time: the writer commits the first ones while the loop reads the rest.
         pending = self._pending.get(loop)
         if pending is None:
             pending = self._pending[loop] = []
             loop.call_soon(self._hand_over, loop)
         pending.append(request)
+        if len(pending) >= HAND_OVER_EVERY:
+            self._hand_over(loop)
         # Once queued the run is created even if the sender hangs up (cancelling the wait);
         # the sender's retry then finds it.
         created = await answer
@@ -101,7 +109,7 @@ class Intake:
         if self.subscribed(delivery.event_type):
             event = trigger_event(delivery.event_type, delivery.data)
             answer: Future[CreatedRun] = Future()
-            self.committer.submit([self._request(event, dedupe_key, answer, root)])
+            self.writer.submit_threadsafe([self._request(event, dedupe_key, answer, root)])
             created = answer.result()
             return Outcome("accepted" if created.created else "duplicate", created.run_id)
         with self.writing():
@@ -123,7 +131,7 @@ class Intake:
         answer: Future[CreatedRun] = Future()
         # The request's span is the run's root: the trigger's steps are its children.
         with run_trace(event.type, trace_id) as root:
-            self.committer.submit([self._request(event, dedupe_key, answer, root)])
+            self.writer.submit_threadsafe([self._request(event, dedupe_key, answer, root)])
         return answer
 
     def _request(
@@ -137,7 +145,9 @@ class Intake:
         return RunRequest(trigger, dedupe_key, root[0], root[1], answer=answer)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.committer.submit(self._pending.pop(loop))
+        pending = self._pending.pop(loop, None)
+        if pending:
+            self.writer.submit(pending)
 
     def start_run(
         self, event: Event, *, dedupe_key: str | None = None, trace_id: str | None = None

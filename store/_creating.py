@@ -24,8 +24,7 @@ class _MultiRowInsert:
     """``INSERT INTO table (columns) VALUES (...), (...), ...``: many rows in one statement.
 
     SQLite then takes one step for the whole batch, and the driver lets go of the GIL once
-    instead of once per row: with the gateway's event loop busy, each time it had to win the
-    GIL back could cost a switch interval (5 ms), and a batch's commit waited on dozens.
+    instead of once per row.
     """
 
     # Bound parameters per statement: within SQLite's oldest limit (999) and PostgreSQL's.
@@ -36,22 +35,21 @@ class _MultiRowInsert:
         self.head = f"INSERT INTO {table} ({', '.join(self.columns)}) VALUES "
         self.suffix = f" {suffix}" if suffix else ""
         self.rows_per_statement = self.MAX_PARAMETERS // len(self.columns)
-        self._sql: dict[tuple[str, int], str] = {}
+        self._statements: dict[int, hot.Values] = {}
 
     def run(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        dialect = connection.dialect.name
         for start in range(0, len(rows), self.rows_per_statement):
             chunk = rows[start : start + self.rows_per_statement]
-            values = tuple(row[column] for row in chunk for column in self.columns)
-            connection.exec_driver_sql(self._text(dialect, len(chunk)), values)
+            values = [row[column] for row in chunk for column in self.columns]
+            self._statement(len(chunk)).run(connection, values)
 
-    def _text(self, dialect: str, count: int) -> str:
-        sql = self._sql.get((dialect, count))
-        if sql is None:
-            mark = "%s" if dialect == "postgresql" else "?"
-            one = f"({', '.join([mark] * len(self.columns))})"
-            sql = self._sql[dialect, count] = self.head + ", ".join([one] * count) + self.suffix
-        return sql
+    def _statement(self, count: int) -> hot.Values:
+        statement = self._statements.get(count)
+        if statement is None:
+            one = f"({', '.join(['?'] * len(self.columns))})"
+            statement = hot.Values(self.head + ", ".join([one] * count) + self.suffix)
+            self._statements[count] = statement
+        return statement
 
 
 _RUNS = _MultiRowInsert(
@@ -136,13 +134,9 @@ def create_runs(
         if published:
             confirm_in(connection, published)
         known: dict[str, str] = {}
-        if keys:
-            known = {
-                str(key): str(run_id)
-                for key, run_id in connection.execute(
-                    select(runs.c.dedupe_key, runs.c.id).where(runs.c.dedupe_key.in_(keys))
-                )
-            }
+        for start in range(0, len(keys), _MultiRowInsert.MAX_PARAMETERS):
+            chunk = keys[start : start + _MultiRowInsert.MAX_PARAMETERS]
+            known.update(_known_keys(len(chunk)).run(connection, chunk))
         fresh: list[tuple[RunRequest, str, str]] = []
         for request in requests:
             if request.dedupe_key is not None and request.dedupe_key in known:
@@ -247,6 +241,20 @@ def _append_triggers(
         _STEPS.run(connection, step_rows)
         _OUTBOX.run(connection, [outbox_row(p, now) for p in plain])
     return messages
+
+
+_KNOWN_KEYS: dict[int, hot.Values] = {}
+
+
+def _known_keys(count: int) -> hot.Values:
+    """``SELECT dedupe_key, id FROM runs`` for ``count`` keys: a probe of the unique index each."""
+    statement = _KNOWN_KEYS.get(count)
+    if statement is None:
+        marks = ", ".join(["?"] * count)
+        statement = _KNOWN_KEYS[count] = hot.Values(
+            f"SELECT dedupe_key, id FROM runs WHERE dedupe_key IN ({marks})"
+        )
+    return statement
 
 
 def _run_by_dedupe_key(store: Store, dedupe_key: str) -> str | None:

@@ -58,16 +58,10 @@ class Statement:
     def run(
         self, connection: Connection, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]]
     ) -> Rows:
-        if direct.get() is not connection:
-            if connection.dialect.name == "postgresql":
-                return connection.exec_driver_sql(self.postgresql, parameters)
-            if observed(connection):
-                return connection.exec_driver_sql(self.sqlite, parameters)
-            if not connection.in_transaction():
-                # What SQLAlchemy's autobegin would do (BEGIN, by the engine's hook), so the
-                # statements of one read see one snapshot.
-                connection.begin()
-        driver = cast(sqlite3.Connection, connection.connection.dbapi_connection)
+        driver = _driver(connection)
+        if driver is None:
+            sql = self.postgresql if connection.dialect.name == "postgresql" else self.sqlite
+            return connection.exec_driver_sql(sql, parameters)
         try:
             # A dict is the usual case; isinstance(…, Mapping) is an ABC check, slower.
             if type(parameters) is dict or isinstance(parameters, Mapping):
@@ -82,6 +76,40 @@ class Statement:
         if row is None:
             row = self._row = namedtuple("Row", [column[0] for column in cursor.description])
         return _DriverRows(cursor.rowcount, [row._make(values) for values in cursor])
+
+
+class Values:
+    """An SQL text with positional parameters (``?``), such as a multi-row INSERT whose
+    length varies; ``run`` returns the rows of a SELECT as tuples."""
+
+    def __init__(self, sql: str) -> None:
+        self.sqlite = " ".join(sql.split())
+        self.postgresql = self.sqlite.replace("?", "%s")
+
+    def run(self, connection: Connection, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        driver = _driver(connection)
+        if driver is None:
+            sql = self.postgresql if connection.dialect.name == "postgresql" else self.sqlite
+            result = connection.exec_driver_sql(sql, tuple(values))
+            return [tuple(row) for row in result] if result.returns_rows else []
+        try:
+            cursor = driver.execute(self.sqlite, values)
+        except sqlite3.Error as error:
+            raise _wrapped(error, self.sqlite, values, connection) from error
+        return cursor.fetchall() if cursor.description is not None else []
+
+
+def _driver(connection: Connection) -> sqlite3.Connection | None:
+    """SQLite's own connection when the statement may go to it directly; None when it must go
+    through SQLAlchemy (PostgreSQL, or something listens to the engine's statements)."""
+    if direct.get() is not connection:
+        if connection.dialect.name == "postgresql" or observed(connection):
+            return None
+        if not connection.in_transaction():
+            # What SQLAlchemy's autobegin would do (BEGIN, by the engine's hook), so the
+            # statements of one read see one snapshot.
+            connection.begin()
+    return cast(sqlite3.Connection, connection.connection.dbapi_connection)
 
 
 class _DriverRows:

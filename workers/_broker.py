@@ -89,11 +89,13 @@ class Broker(RedisBroker):
     def enqueue_many(self, messages: Sequence[tuple[dramatiq.Message[Any], int | None]]) -> None:
         """``enqueue`` each (message, delay) with a preset message id, in one round trip.
 
-        All or nothing as far as the caller knows: on an error none counts as sent (a
-        message Redis did take is then sent again later, which a step's claim absorbs).
+        Per queue, the messages' bodies (one HSET) and then their ids (one RPUSH), all in one
+        MULTI: what Dramatiq's dispatch script writes for each "enqueue", as two commands a
+        queue instead of a script call a message, which cost the gateway's writer a quarter of
+        its time. All or nothing as far as the caller knows: on an error none counts as sent
+        (a message Redis did take is then sent again later, which a step's claim absorbs).
         """
-        pipe = self.client.pipeline(transaction=False)
-        dispatch = self.scripts["dispatch"]
+        bodies: dict[str, dict[str, bytes]] = {}
         sent = []
         for message, delay in messages:
             queue_name = message.queue_name
@@ -103,21 +105,16 @@ class Broker(RedisBroker):
                     queue_name=queue_name, options={"eta": current_millis() + delay}
                 )
             self.emit_before("enqueue", message, delay)
-            # The arguments of Dramatiq's own do_enqueue (RedisBroker._dispatch).
-            arguments = [
-                "enqueue",
-                current_millis(),
-                queue_name,
-                self.broker_id,
-                self.heartbeat_timeout,
-                self.dead_message_ttl,
-                0,
-                self._max_unpack_size(),  # type: ignore[no-untyped-call]
-                message.options["redis_message_id"],
-                message.encode(),
-            ]
-            dispatch(args=arguments, keys=[self.namespace], client=pipe)
+            bodies.setdefault(queue_name, {})[message.options["redis_message_id"]] = (
+                message.encode()
+            )
             sent.append((message, delay))
+        pipe = self.client.pipeline(transaction=True)
+        for queue_name, by_id in bodies.items():
+            # Dramatiq's layout: $namespace:$queue is the list of ids, .msgs the bodies.
+            queue_key = f"{self.namespace}:{queue_name}"
+            pipe.hset(f"{queue_key}.msgs", mapping=by_id)  # type: ignore[arg-type]
+            pipe.rpush(queue_key, *by_id)
         pipe.execute()
         for message, delay in sent:
             self.emit_after("enqueue", message, delay)

@@ -52,7 +52,7 @@ from store import (
 from store import CreatedRun as _CreatedRun
 from workers import _metrics
 from workers._actor import Actor, find_actor, registered_actors, subscribers
-from workers._broker import Broker, DeadLetterUnknownActors
+from workers._broker import Broker, DeadLetterUnknownActors, step_message
 from workers._context import Context
 from workers._errors import Wait
 from workers._tracing import note_step_outcome, observe_step, run_trace
@@ -88,6 +88,7 @@ class Runtime:
 
     def __init__(self, store: Store, redis_url: str, config: RuntimeConfig | None = None) -> None:
         self.store = store
+        self.redis_url = redis_url
         self.config = config or RuntimeConfig()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.broker = Broker(
@@ -195,23 +196,22 @@ class Runtime:
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, messages: Sequence[Publish], *, confirm_now: bool = False) -> None:
-        """Hand committed messages to Redis, then mark their outbox rows done.
+        """Hand committed messages to Redis (one round trip), then mark their outbox rows done.
 
         If this fails (Redis down) the outbox rows stay and the relay sends them later.
         """
         if not messages:
             return
-        sent = []
         try:
-            for message in messages:
-                self.send(message)
-                sent.append(message.message_id)
+            self.broker.enqueue_many([step_message(message) for message in messages])
         except Exception:
             _logger.warning(
                 "could not publish %d message(s); the relay will retry",
-                len(messages) - len(sent),
+                len(messages),
                 exc_info=True,
             )
+            return
+        sent = [message.message_id for message in messages]
         if confirm_now or self._housekeeper is None:
             confirm_published(self.store, sent)
         else:
@@ -219,16 +219,8 @@ class Runtime:
                 self._confirmations.extend(sent)
 
     def send(self, message: Publish) -> None:
-        self.broker.enqueue(
-            dramatiq.Message(
-                queue_name=message.queue,
-                actor_name=message.actor,
-                args=(message.step_id, message.run_id, message.traceparent),
-                kwargs={},
-                options={"redis_message_id": message.message_id},
-            ),
-            delay=message.delay_ms or None,
-        )
+        """Hand one message to Redis (its outbox row, if any, is left to the caller)."""
+        self.broker.enqueue_many([step_message(message)])
 
     # -- running a step ------------------------------------------------------------------
 

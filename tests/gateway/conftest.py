@@ -40,6 +40,7 @@ class Gateway:
     url: str
     server: ServerThread
     runtime: Runtime
+    app: Any = None
 
     def client(
         self, token: str | None = TOKEN, headers: dict[str, str] | None = None
@@ -72,11 +73,11 @@ def start_gateway(store: Store, redis_url: str) -> Iterator[Callable[..., Gatewa
         wrap: Callable[[ASGIApp], ASGIApp] | None = None,
     ) -> Gateway:
         runtime = Runtime(store, redis or redis_url, FAST)
-        app: ASGIApp = create_app(runtime, gateway_config or config())
+        app = create_app(runtime, gateway_config or config())
         server = ServerThread(wrap(app) if wrap else app)
         server.start()
         started.append(server)
-        return Gateway(server.url, server, runtime)
+        return Gateway(server.url, server, runtime, app)
 
     yield start
     for server in started:

@@ -3,12 +3,15 @@ never reaches Redis. The store's outbox carries the run to a worker either way."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from store import Store
+from store import Store, run_status
 from tests.conftest import REPO, wait_for_run
 from tests.gateway.conftest import (
     GITHUB_SECRET,
@@ -131,3 +134,48 @@ def test_a_message_that_never_reached_redis_is_sent_by_the_outbox_relay(
     start_worker()
     assert wait_for_run(store, answer.json()["run_id"]) == "succeeded"
     assert count(store, "outbox") == 0
+
+
+def test_a_run_writer_killed_mid_flight_is_started_again_and_loses_nothing(
+    gateway: Gateway, store: Store
+) -> None:
+    # Given a gateway, its run writer process, and 300 distinct deliveries
+    writer = gateway.app.state.intake.writer
+    killed = writer.pid
+    assert killed is not None
+    deliveries = [standard_body("test.gateway.pinged", {"n": n}) for n in range(300)]
+    signed = [(body, standard_headers(body)) for body in deliveries]
+
+    async def deliver_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=32)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits) as client:
+            return list(
+                await asyncio.gather(
+                    *(
+                        client.post("/webhooks/standard", content=body, headers=headers)
+                        for body, headers in signed
+                    )
+                )
+            )
+
+    def kill_the_writer_once_runs_commit() -> None:
+        deadline = time.monotonic() + 30
+        while count(store, "runs") < 30 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(killed, signal.SIGKILL)
+
+    # When the writer is SIGKILLed while they arrive
+    killer = threading.Thread(target=kill_the_writer_once_runs_commit)
+    killer.start()
+    answers = asyncio.run(deliver_all())
+    killer.join()
+    # Then a new writer took over, and every delivery was answered with its run all the same:
+    # those the dead writer had not answered, and those that came meanwhile, waited for it
+    assert writer.pid not in (None, killed)
+    assert {a.status_code for a in answers} <= {200, 202}, Counter(a.status_code for a in answers)
+    run_ids = [a.json()["run_id"] for a in answers]
+    assert all(run_status(store, run_id) == "running" for run_id in run_ids)
+    # And a delivery sent again finds its run: one run a delivery, none made twice
+    again = asyncio.run(deliver_all())
+    assert [(a.status_code, a.json()["run_id"]) for a in again] == [(200, r) for r in run_ids]
+    assert count(store, "runs") == len(deliveries) == len(set(run_ids))
