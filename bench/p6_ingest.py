@@ -1,12 +1,14 @@
 """P6: webhook ingest on loopback against a bare FastAPI route answering 202.
 
-A delivery counts when it is verified (HMAC-SHA256 of a ~5 KB GitHub-shaped body), deduped
+A delivery counts when it is verified (HMAC-SHA256 of a ~3 KB GitHub-shaped body), deduped
 (a fresh X-GitHub-Delivery each), validated by the app's Event class, committed (run,
 trigger, step, outbox row: one transaction) and answered 202. The baseline is a FastAPI
 route that reads the same body and answers 202, served by the same uvicorn configuration
-(``gateway.uvicorn_config``: one process, uvloop and httptools when installed). Each server
-runs in a process of its own, and so does the load generator: ``wrk`` when it is installed
-(closed loop, fixed connections), else httpx on asyncio. The fixed-rate figure is open loop
+(``gateway.uvicorn_config``: one process, uvloop and httptools when installed); the gateway
+also starts its run writer, the process that commits its runs. Each server runs in a process
+of its own, and so does the load generator: ``wrk`` when it is installed (closed loop, fixed
+connections), else httpx on asyncio, which cannot load either side past ~600 requests/s, so
+the ratio then says little (install Debian's ``wrk``). The fixed-rate figure is open loop
 (httpx on asyncio): request i is due at i/200 s and its latency counts from then, so a
 stalled server cannot hide its queue.
 
@@ -92,7 +94,7 @@ def run(quick: bool) -> Result:
         "load generator": f"{generator}, {sizes['connections']} connections, "
         f"{sizes['seconds']} s after {sizes['warmup']} s warm-up",
         "fixed rate": f"{FIXED_RATE}/s open loop for {sizes['fixed_seconds']} s (httpx)",
-        "server": "one uvicorn process each, same config",
+        "server": "one uvicorn process each, same config (the gateway's run writer beside it)",
         "store": "SQLite (embedded default)",
         "CPUs": os.cpu_count(),
     }
@@ -116,6 +118,11 @@ def run(quick: bool) -> Result:
     )
     if gateway["errors"]:
         result.notes.append("the gateway answered some requests with a non-202 status")
+    if generator != "wrk":
+        result.notes.append(
+            "without wrk the httpx load generator is the bottleneck on both sides: the "
+            "throughput ratio is not the servers'; install wrk (apt-get install wrk)"
+        )
     result.rows += [
         Row(
             "deliveries per second",
