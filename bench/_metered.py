@@ -1,7 +1,7 @@
 """A Store that times its write transactions and counts what each one sends to SQLite.
 
 Each transaction is labelled with the store function that opened it (``claim_step``,
-``commit_step``, ``confirm_published``...) and, when that function works on one step, the
+``commit_and_claim``, ``confirm_published``...) and, when that function works on one step, the
 step's id. Statements are counted through SQLAlchemy's cursor events; "bytes written" is
 the size of the parameters of INSERT, UPDATE and DELETE statements (strings and blobs by
 length, numbers as 8 bytes): what the step asks the database to store, independent of

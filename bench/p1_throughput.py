@@ -211,7 +211,7 @@ def _serial(sandbox: Sandbox, store: Store, count: int) -> float:
 def _describe_sql(store: MeteredStore, count: int) -> str:
     """What one no-op step asks of the store, by transaction."""
     parts = []
-    for label in ("claim_step", "commit_step"):
+    for label in ("claim_step", "commit_and_claim"):
         records = [r for r in store.transactions if r.label == label]
         statements = sum(r.statements for r in records) / count
         writes = sum(r.writes for r in records) / count

@@ -202,7 +202,7 @@ def _baton_chain(
     hops = rows(store, _HOPS, run_id=run_id)
     if len(hops) != length - 1:
         raise RuntimeError(f"expected {length - 1} hops in the store, found {len(hops)}")
-    committed = {t.step_id: t.ended_at for t in store.transactions if t.label == "commit_step"}
+    committed = {t.step_id: t.ended_at for t in store.transactions if t.label == "commit_and_claim"}
     parts: dict[str, list[float]] = {
         "commit": [],
         "publish": [],

@@ -126,11 +126,11 @@ def _chain(sandbox: Sandbox, store: MeteredStore, length: int) -> dict[int, dict
         step_id = record.step_id
         if step_id is None or step_id not in position:
             continue
-        if record.label in ("claim_step", "commit_step"):
+        if record.label in ("claim_step", "commit_and_claim"):
             by_step[step_id][record.label].append(record)
     per_step: dict[int, dict[str, float]] = {}
     for step_id, kinds in by_step.items():
-        claims, commits = kinds.get("claim_step", []), kinds.get("commit_step", [])
+        claims, commits = kinds.get("claim_step", []), kinds.get("commit_and_claim", [])
         if len(claims) != 1 or len(commits) != 1:
             continue  # redelivered or retried: not a clean sample
         claim, commit = claims[0], commits[0]
