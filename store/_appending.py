@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from store._model import (
     Router,
     StoredEvent,
 )
-from store._tables import join_arrivals, runs, steps
+from store._tables import events, join_arrivals, runs, steps
 
 
 def insert_on_conflict_ignore(connection: Connection, table: Any) -> Any:
@@ -107,7 +108,14 @@ def append_events(
             assert cause_step_id is not None
             event_id = _ids.event_id(cause_step_id, position)
         origin_event_id = (
-            _ids.event_id(cause_origin_step_id, position) if cause_origin_step_id else None
+            _counterpart(
+                connection,
+                events.c.id,
+                _ids.event_id(cause_origin_step_id, position),
+                _ids.legacy_event_id(cause_origin_step_id, position),
+            )
+            if cause_origin_step_id
+            else None
         )
         event_rows.append(
             {
@@ -137,7 +145,16 @@ def append_events(
                 if ready is not None:
                     ready_joins.append(ready)
                 continue
-            origin_step_id = _ids.step_id(origin_event_id, route.actor) if origin_event_id else None
+            origin_step_id = (
+                _counterpart(
+                    connection,
+                    steps.c.id,
+                    _ids.step_id(origin_event_id, route.actor),
+                    _ids.legacy_step_id(origin_event_id, route.actor),
+                )
+                if origin_event_id
+                else None
+            )
             if eager is not None and eager.takes(route.actor):
                 row, step = _taken_step(
                     eager,
@@ -193,6 +210,14 @@ def append_events(
     # A join that became ready wrote its own outbox row in _arrive_at_join.
     add_to_outbox(connection, plain, now)
     return Committed([*plain, *ready_joins], claimed)
+
+
+def _counterpart(connection: Connection, column: Any, derived: str, legacy: str) -> str:
+    """The parent run's row that a fork's new row stands for: ``derived`` the way ids are
+    derived now, or ``legacy``, the way they were before ids began with their run's time,
+    if that is the one the parent has (a run from before then)."""
+    found = connection.execute(select(column).where(column.in_((derived, legacy)))).scalars()
+    return legacy if set(found) == {legacy} else derived
 
 
 def ready_step(
@@ -252,7 +277,9 @@ def _taken_step(
     row.update(
         attempts=1,
         lease_owner=eager.owner,
-        lease_expires_at=now + eager.lease_seconds,
+        # From now, not from the commit's ``now``, which was read before the transaction
+        # waited for the write lock (perhaps longer than a lease), as a claim's is.
+        lease_expires_at=max(now, time.time()) + eager.lease_seconds,
         started_at=now,
     )
     step = ClaimedStep(

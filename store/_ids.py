@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import string
 import time
 from typing import Any
 
@@ -47,6 +48,16 @@ def trigger_event_id(run_id: str) -> str:
 
 def step_id(event_id: str, actor: str) -> str:
     return local_id(event_id, "step", event_id, actor)
+
+
+def legacy_event_id(cause_step_id: str, position: int) -> str:
+    """An event's id as written before ids began with their run's time: a recorded fork of
+    a run from then finds the parent's rows by these."""
+    return derive_id("event", cause_step_id, position)
+
+
+def legacy_step_id(event_id: str, actor: str) -> str:
+    return derive_id("step", event_id, actor)
 
 
 def join_step_id(group_id: str, actor: str) -> str:
@@ -102,7 +113,10 @@ def short(identifier: str) -> str:
 
 def matching(column: Any, text: str) -> Any:
     """A condition on an id ``column``: equal to ``text``, or (``FEWEST`` characters or more)
-    beginning or ending with it."""
+    beginning or ending with it. Ids are lower-case hex, and so is what is asked for: SQLite
+    compares ``LIKE`` without case, PostgreSQL with."""
+    if text and all(character in string.hexdigits for character in text):
+        text = text.lower()
     if len(text) < FEWEST:
         return column == text
     return or_(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from store import _hot as hot
 from store import _ids
@@ -51,6 +54,8 @@ from store._tables import (
     steps,
     waits,
 )
+
+_logger = logging.getLogger("baton.store")
 
 # A delivery that arrives a little before the step's retry time is still taken: the broker's
 # delay queue and this machine's clock are not exact to the millisecond.
@@ -264,7 +269,21 @@ def commit_and_claim(
 
 def _prepared(connection: Connection, eager: Eager, step: ClaimedStep) -> ClaimedStep:
     prepare = eager.preparer(step.actor)
-    return step if prepare is None else replace(step, prepared=prepare(connection, step))
+    if prepare is None:
+        return step
+    try:
+        return replace(step, prepared=prepare(connection, step))
+    except (DBAPIError, sqlite3.Error):
+        # The transaction itself is in trouble (on PostgreSQL, aborted): the commit fails,
+        # and its worker records that as a failed attempt, retried with backoff.
+        raise
+    except Exception:
+        # Not this commit's failure: the step reads what it needs itself when it runs, and
+        # fails (and is retried) there if it cannot, in an attempt of its own.
+        _logger.warning(
+            "could not prepare step %s; it reads its inputs itself", step.id, exc_info=True
+        )
+        return step
 
 
 def fail_step(

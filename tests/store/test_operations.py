@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from store import (
     ClaimedStep,
@@ -34,6 +34,7 @@ from store import (
     run_status,
     select_runs,
 )
+from store._ids import legacy_event_id, legacy_step_id
 from store._tables import (
     events,
     join_arrivals,
@@ -242,6 +243,28 @@ def test_a_fork_from_a_middle_step_copies_its_past_and_runs_the_rest_again(store
     recorded = operation_detail(store, forked.operation_id or "")
     assert recorded["kind"] == "fork" and recorded["outcome"]["fork_run_id"] == fork
     assert recorded["parameters"]["edit"] == {"i": 20}
+
+
+def test_a_fork_of_a_run_whose_ids_predate_time_prefixes_finds_its_counterparts(
+    store: Store,
+) -> None:
+    # Given a finished chain whose step 3 (and the event that caused it) has the id it would
+    # have had before ids began with their run's time
+    run_id, (_, _, step2, step3) = chain(store)
+    [caused] = all_rows(store, events, events.c.cause_step_id == step2)
+    old_event = legacy_event_id(step2, 0)
+    old_step = legacy_step_id(old_event, "t_opstore.step")
+    with store.transaction() as connection:
+        connection.execute(update(events).where(events.c.id == caused.id).values(id=old_event))
+        connection.execute(
+            update(steps).where(steps.c.id == step3).values(id=old_step, event_id=old_event)
+        )
+    # When it is forked from step 2, and the fork's step 2 runs
+    forked = fork_run(store, run_id, step2, reason="again", operator=Operator(actor="carol"))
+    [next_step] = run_step(store, forked.step_id, NewEvent("t_opstore.step", {"i": 3}))
+    # Then the step it causes knows its counterpart in the parent by the parent's own id
+    # (a recorded fork reuses that step's model answers and tool results through it)
+    assert all_rows(store, steps, steps.c.id == next_step.step_id)[0].origin_step_id == old_step
 
 
 def test_a_fork_from_one_branch_runs_its_sibling_again_and_the_join_completes(

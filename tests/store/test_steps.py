@@ -10,16 +10,19 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from store import (
     ClaimedStep,
+    Eager,
     LeaseLost,
     NewEvent,
     Route,
     Store,
+    StoreUnavailable,
     claim_step,
+    commit_and_claim,
     commit_step,
     confirm_published,
     create_run,
@@ -392,6 +395,91 @@ def test_a_claim_that_waited_for_the_write_lock_gets_a_lease_from_when_it_got_it
     assert claimed.outcome == "claimed"
     # Then its lease runs from when it was granted: a redelivery right now finds it busy
     assert claim_step(store, first, "worker-b", lease).outcome == "busy"
+
+
+def commit_taking_second(
+    store: Store, step: ClaimedStep, lease: float, prepare: Callable[[Any, ClaimedStep], Any]
+) -> Any:
+    """Commit ``step`` emitting t_steps.next; its worker takes the t_steps.second step."""
+    return commit_and_claim(
+        store,
+        step,
+        "worker-a",
+        emitted=[NewEvent("t_steps.next", {"i": 2})],
+        fan_out=False,
+        memory_writes={},
+        router=router,
+        eager=Eager(
+            "worker-a",
+            lease,
+            lambda actor: actor == "t_steps.second",
+            lambda actor: prepare if actor == "t_steps.second" else None,
+        ),
+    )
+
+
+@pytest.mark.sqlite
+def test_a_step_a_commit_takes_after_waiting_for_the_write_lock_is_leased_from_then(
+    store: Store, database_url: str
+) -> None:
+    # Given a running step, and a commit that takes the next step for its worker but must
+    # wait longer than a lease for the write lock
+    _, first = start(store)
+    lease = 1.5
+    step = claim(store, first, "worker-a")
+    committed = while_another_writer_holds_the_lock(
+        database_url,
+        lease + 0.5,
+        lambda: commit_taking_second(store, step, lease, lambda connection, step: None),
+    )
+    [taken] = committed.claimed
+    # Then the taken step's lease runs from the commit: a delivery right now finds it busy
+    assert claim_step(store, taken.id, "worker-b", lease).outcome == "busy"
+
+
+def test_a_preparer_that_fails_leaves_its_step_unprepared_and_the_commit_whole(
+    store: Store,
+) -> None:
+    # Given a running step whose commit takes the next step, whose preparer raises
+    run_id, first = start(store)
+    step = claim(store, first, "worker-a")
+
+    def broken(connection: Any, taken: ClaimedStep) -> Any:
+        raise KeyError("seq")
+
+    # When it commits
+    committed = commit_taking_second(store, step, LEASE, broken)
+    # Then the commit stands, and the taken step runs unprepared (it reads for itself)
+    [taken] = committed.claimed
+    assert taken.prepared is None
+    assert {s.id: s.state for s in store_steps(store, run_id)} == {
+        first: "succeeded",
+        taken.id: "running",
+        **{p.step_id: "pending" for p in committed.publish},
+    }
+
+
+def test_a_preparer_the_store_refuses_fails_the_commit_and_writes_nothing(
+    store: Store,
+) -> None:
+    # Given a running step whose commit takes the next step, whose preparer's read fails
+    run_id, first = start(store)
+    step = claim(store, first, "worker-a")
+    before = row_counts(store)
+
+    def refused(connection: Any, taken: ClaimedStep) -> Any:
+        return connection.execute(text("SELECT * FROM no_such_table")).all()
+
+    # When it commits, the commit fails as a whole: nothing of it is written
+    with pytest.raises(StoreUnavailable):
+        commit_taking_second(store, step, LEASE, refused)
+    assert row_counts(store) == before
+    assert {s.id: s.state for s in store_steps(store, run_id)} == {first: "running"}
+
+
+def store_steps(store: Store, run_id: str) -> list[Any]:
+    with store.read() as connection:
+        return list(connection.execute(select(steps).where(steps.c.run_id == run_id)))
 
 
 @pytest.mark.sqlite
