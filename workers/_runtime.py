@@ -213,7 +213,14 @@ class Runtime:
             return
         sent = [message.message_id for message in messages]
         if confirm_now or self._housekeeper is None:
-            confirm_published(self.store, sent)
+            try:
+                confirm_published(self.store, sent)
+            except Exception:
+                # Sent all the same: the relay sends them once more, and a step's claim
+                # takes a message it has already had as done.
+                _logger.warning(
+                    "sent %d message(s) but could not mark them sent", len(sent), exc_info=True
+                )
         else:
             with self._confirm_lock:
                 self._confirmations.extend(sent)
@@ -285,9 +292,17 @@ class Runtime:
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(step.id, None)
-        self.publish(committed.publish)
-        for claimed in committed.claimed:
-            self._hand_off(_async_actor(claimed), claimed)
+        started = 0
+        try:
+            self.publish(committed.publish)
+            for claimed in committed.claimed:
+                started += 1  # From here the hand-off owns the step's slot.
+                self._hand_off(_async_actor(claimed), claimed)
+        finally:
+            # Interrupted (a time limit, a shutdown): the steps not started give their slots
+            # back; their leases run out and the reconciler sends them to a worker.
+            for _ in committed.claimed[started:]:
+                self._async_slots.release()
 
     def _hold(
         self, registered: Actor[Any], step: ClaimedStep, *, running_async: bool = False
@@ -307,7 +322,12 @@ class Runtime:
             return Committed([])
         except (Exception, TimeLimitExceeded) as error:
             return Committed(self._fail(registered, step, error, context))
-        return self._commit(step, context, emitted, fan_out)
+        try:
+            return self._commit(step, context, emitted, fan_out)
+        except LeaseLost:
+            raise
+        except Exception as error:
+            return Committed(self._commit_failed(registered, step, error, context))
 
     def _context(self, step: ClaimedStep) -> Context:
         return Context(
@@ -446,9 +466,17 @@ class Runtime:
             except Exception as error:
                 await asyncio.to_thread(self._fail_and_publish, registered, step, error, context)
             else:
-                claimed = await asyncio.to_thread(
-                    self._commit_and_publish, step, context, emitted, fan_out
-                )
+                try:
+                    claimed = await asyncio.to_thread(
+                        self._commit_and_publish, step, context, emitted, fan_out
+                    )
+                except LeaseLost:
+                    raise
+                except Exception as error:
+                    await asyncio.to_thread(
+                        self._commit_failed_and_publish, registered, step, error, context
+                    )
+                    return
                 self._run_next_steps(claimed)
         except LeaseLost as error:
             _logger.warning("%s", error)
@@ -470,6 +498,21 @@ class Runtime:
         self, registered: Actor[Any], step: ClaimedStep, error: BaseException, context: Context
     ) -> None:
         self.publish(self._fail(registered, step, error, context))
+
+    def _commit_failed(
+        self, registered: Actor[Any], step: ClaimedStep, error: Exception, context: Context
+    ) -> list[Publish]:
+        """The commit itself raised (the store refused it, or a group it was in failed):
+        the attempt is recorded as failed, with what it keeps (a model's answer), and retried
+        with backoff like any failure, rather than left to its lease and run again unbounded.
+        If the commit did land after all, the step is no longer ours and this is LeaseLost."""
+        _logger.error("step %s could not commit: %s", step.id, error, exc_info=error)
+        return self._fail(registered, step, error, context)
+
+    def _commit_failed_and_publish(
+        self, registered: Actor[Any], step: ClaimedStep, error: Exception, context: Context
+    ) -> None:
+        self.publish(self._commit_failed(registered, step, error, context))
 
     def _commit_and_publish(
         self, step: ClaimedStep, context: Context, emitted: list[NewEvent], fan_out: bool
