@@ -67,7 +67,7 @@ def create_app(runtime: Runtime, config: GatewayConfig | None = None) -> FastAPI
     app.add_middleware(ReceiveWebhooks, receiver=receiver)
     app.include_router(webhook_router(receiver))
     app.include_router(runs_router(intake, config))
-    app.include_router(health_router(runtime, config, metrics))
+    app.include_router(health_router(runtime, config, metrics, intake.writer))
     app.state.intake = intake
     app.state.metrics = metrics
     return app

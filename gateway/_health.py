@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers), ``/readyz`` (store and Redis answer), ``/metrics``."""
+"""``/healthz`` (the process answers), ``/readyz`` (store, Redis and the run writer answer),
+``/metrics``."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from gateway._config import GatewayConfig
 from gateway._errors import ApiError, responses
 from gateway._metrics import Metrics
 from gateway._models import Health
+from gateway._writer_client import RunWriter
 from workers import Runtime
 
 
-def health_router(runtime: Runtime, config: GatewayConfig, metrics: Metrics) -> APIRouter:
+def health_router(
+    runtime: Runtime, config: GatewayConfig, metrics: Metrics, writer: RunWriter
+) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz", response_model=Health)
@@ -25,7 +29,10 @@ def health_router(runtime: Runtime, config: GatewayConfig, metrics: Metrics) -> 
 
     @router.get("/readyz", response_model=Health, responses=responses(503))
     async def readyz() -> Health:
-        """The store and Redis both answer (no token needed, for probes)."""
+        """The store and Redis both answer, and the run writer runs (no token needed, for
+        probes)."""
+        if not writer.running:
+            raise ApiError(503, "not_ready", "the gateway's run writer is not running")
         problem = await anyio.to_thread.run_sync(_unreachable, runtime)
         if problem is not None:
             raise ApiError(503, "not_ready", problem)

@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ Outcome = tuple[Any, ...]
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group; the gateway ends the writer by closing its
+    # input, once it has stopped taking requests, so that what was read is committed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Frames only on the pipe to the gateway: anything printed goes to the log instead.
     frames_out = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -62,6 +62,11 @@ class RunWriter:
         """The writer process's id, while one runs."""
         return None if self._process is None else self._process.pid
 
+    @property
+    def running(self) -> bool:
+        """Whether a writer process is up to take runs (for ``/readyz``)."""
+        return self._process is not None and not self._stopping
+
     async def start(self) -> None:
         """Start the writer; raises StoreUnavailable, saying why, when it cannot start."""
         self._loop = asyncio.get_running_loop()
@@ -135,22 +140,24 @@ class RunWriter:
     # -- the writer process ------------------------------------------------------------------
 
     async def _spawn(self) -> None:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway._run_writer",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert process.stdin is not None and process.stdout is not None
-        store = self.runtime.store
-        process.stdin.write(
-            _frames.encode({"database_url": store.url, "redis_url": self.runtime.redis_url})
-        )
         try:
-            hello = await asyncio.wait_for(_read_frame(process.stdout), START_TIMEOUT_SECONDS)
-        except TimeoutError:
-            hello = ("failed", f"it did not start within {START_TIMEOUT_SECONDS:g} s")
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway._run_writer",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+        except OSError as error:
+            raise StoreUnavailable(f"the gateway's run writer did not start: {error}") from None
+        try:
+            hello = await self._handshake(process)
+        except BaseException:
+            # Cancelled (the gateway is stopping) or failed midway: no writer is left behind.
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            raise
         if hello is None or hello[0] != "ready":
             if process.returncode is None:
                 process.kill()
@@ -160,6 +167,18 @@ class RunWriter:
         self._process = process
         self._routed = {}
         self._reading = asyncio.create_task(self._read_answers(process))
+
+    async def _handshake(self, process: asyncio.subprocess.Process) -> Any:
+        """Send the writer its settings; its first frame says whether it is ready."""
+        assert process.stdin is not None and process.stdout is not None
+        store = self.runtime.store
+        process.stdin.write(
+            _frames.encode({"database_url": store.url, "redis_url": self.runtime.redis_url})
+        )
+        try:
+            return await asyncio.wait_for(_read_frame(process.stdout), START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return ("failed", f"it did not start within {START_TIMEOUT_SECONDS:g} s")
 
     async def _read_answers(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -192,10 +211,17 @@ class RunWriter:
             await asyncio.sleep(wait)
             try:
                 await self._spawn()
-            except StoreUnavailable as error:
-                # What waited cannot wait for the next try: the store itself is away.
+            except Exception as error:
+                # What waited cannot wait for the next try: the store itself is away, or
+                # the machine cannot start a process. Requests that come meanwhile wait
+                # for the next try; /readyz says the gateway is not ready until one works.
                 held, self._held = self._held, []
-                _settle_all(held, error)
+                _settle_all(
+                    held,
+                    error
+                    if isinstance(error, StoreUnavailable)
+                    else WriterUnavailable(f"{_DOWN}: {error}"),
+                )
                 _logger.error("%s; trying again in %g s", error, min(wait * 2, longest))
                 wait = min(wait * 2, longest)
                 continue

@@ -179,3 +179,31 @@ def test_a_run_writer_killed_mid_flight_is_started_again_and_loses_nothing(
     again = asyncio.run(deliver_all())
     assert [(a.status_code, a.json()["run_id"]) for a in again] == [(200, r) for r in run_ids]
     assert count(store, "runs") == len(deliveries) == len(set(run_ids))
+
+
+def test_a_gateway_is_not_ready_while_its_run_writer_is_started_again(gateway: Gateway) -> None:
+    # Given a ready gateway
+    writer = gateway.app.state.intake.writer
+    killed = writer.pid
+    assert killed is not None
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        assert client.get("/readyz").status_code == 200
+        # When its run writer dies
+        os.kill(killed, signal.SIGKILL)
+        # Then /readyz says so (a load balancer sends deliveries elsewhere meanwhile)...
+        seen: list[httpx.Response] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            answer = client.get("/readyz")
+            if answer.status_code == 503:
+                seen.append(answer)
+                break
+            time.sleep(0.01)
+        assert seen, "the gateway kept saying it was ready without a run writer"
+        assert "run writer" in seen[0].json()["detail"]
+        # ...until a new writer runs
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 200
+    assert writer.pid not in (None, killed)
