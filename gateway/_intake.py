@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
@@ -48,9 +46,6 @@ class Intake:
         self._import_lock = threading.Lock()
         # Deliveries read in this turn of each event loop, not yet handed to the writer.
         self._pending: dict[asyncio.AbstractEventLoop, list[RunRequest]] = {}
-        # SQLite has one writer at a time: this process's other writes take turns here, and
-        # meet the run writer's through SQLite's lock.
-        self._write_lock = threading.Lock() if self.store.dialect == "sqlite" else None
         self.writer = RunWriter(runtime)
 
     async def start(self) -> None:
@@ -59,15 +54,6 @@ class Intake:
     async def stop(self) -> None:
         # Runs handed over are created and their messages sent before this returns.
         await self.writer.stop()
-
-    @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Take this process's write turn (SQLite) for a state change made here."""
-        if self._write_lock is None:
-            yield
-            return
-        with self._write_lock:
-            yield
 
     def publish(self, messages: list[Publish]) -> None:
         """Send messages a transaction here has committed (from a thread: it waits on Redis).
@@ -112,14 +98,13 @@ class Intake:
             self.writer.submit_threadsafe([self._request(event, dedupe_key, answer, root)])
             created = answer.result()
             return Outcome("accepted" if created.created else "duplicate", created.run_id)
-        with self.writing():
-            started = record_ignored(
-                self.store,
-                source=delivery.source,
-                delivery_id=delivery.delivery_id,
-                event_type=delivery.event_type,
-                dedupe_key=dedupe_key,
-            )
+        started = record_ignored(
+            self.store,
+            source=delivery.source,
+            delivery_id=delivery.delivery_id,
+            event_type=delivery.event_type,
+            dedupe_key=dedupe_key,
+        )
         return Outcome("ignored", None) if started is None else Outcome("duplicate", started)
 
     # -- runs ----------------------------------------------------------------------------

@@ -155,17 +155,16 @@ def runs_router(intake: Intake, config: GatewayConfig) -> APIRouter:
         operator = Operator(actor=_API_ACTOR)
         if body.from_step_id is not None:
             step_id = resolve_step_id(store, full_id, body.from_step_id)
-            with intake.writing():
-                forked = fork_run(
-                    store,
-                    full_id,
-                    step_id,
-                    reason=body.reason,
-                    operator=operator,
-                    edit=body.edit,
-                    edit_output=body.edit_output,
-                    recorded=body.recorded,
-                )
+            forked = fork_run(
+                store,
+                full_id,
+                step_id,
+                reason=body.reason,
+                operator=operator,
+                edit=body.edit,
+                edit_output=body.edit_output,
+                recorded=body.recorded,
+            )
             intake.publish(forked.publish)
             return Replayed(
                 run_id=full_id,
@@ -173,10 +172,9 @@ def runs_router(intake: Intake, config: GatewayConfig) -> APIRouter:
                 operation_id=operator.operation_id,
                 fork_run_id=forked.run_id,
             )
-        with intake.writing():
-            publish = replay_failed_steps(
-                store, full_id, reason=body.reason, step_id=body.step_id, operator=operator
-            )
+        publish = replay_failed_steps(
+            store, full_id, reason=body.reason, step_id=body.step_id, operator=operator
+        )
         intake.publish(publish)
         return Replayed(
             run_id=full_id,
@@ -188,8 +186,7 @@ def runs_router(intake: Intake, config: GatewayConfig) -> APIRouter:
     def cancel(run_id: RunId, body: Cancel) -> Canceled:
         """Cancel a live run: nothing pending runs, nothing in flight is committed after this."""
         full_id = resolve_run_id(store, run_id)
-        with intake.writing():
-            cancel_run(store, full_id, body.reason, operator=Operator(actor=_API_ACTOR))
+        cancel_run(store, full_id, body.reason, operator=Operator(actor=_API_ACTOR))
         return Canceled(run_id=full_id)
 
     @router.post(
@@ -209,8 +206,7 @@ def runs_router(intake: Intake, config: GatewayConfig) -> APIRouter:
         run is not waiting for that name (yet, or any more)."""
         full_id = resolve_run_id(store, run_id)
         try:
-            with intake.writing():
-                publish = send_signal(store, full_id, name, data or {})
+            publish = send_signal(store, full_id, name, data or {})
         except NotFound as error:
             raise ApiError(409, "no_open_wait", str(error)) from None
         intake.publish(publish)

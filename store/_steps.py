@@ -157,9 +157,7 @@ def claim_step(
             origin_step_id=row.origin_step_id,
             recorded=bool(run.recorded),
         )
-        if prepare is not None:
-            claimed = replace(claimed, prepared=prepare(connection, claimed))
-        return Claim("claimed", step=claimed)
+        return Claim("claimed", step=_prepared(connection, prepare, claimed))
 
 
 def commit_step(
@@ -263,12 +261,14 @@ def commit_and_claim(
             return committed
         # Last, so what the steps read includes everything this transaction wrote.
         return Committed(
-            committed.publish, [_prepared(connection, eager, s) for s in committed.claimed]
+            committed.publish,
+            [_prepared(connection, eager.preparer(s.actor), s) for s in committed.claimed],
         )
 
 
-def _prepared(connection: Connection, eager: Eager, step: ClaimedStep) -> ClaimedStep:
-    prepare = eager.preparer(step.actor)
+def _prepared(connection: Connection, prepare: Preparer | None, step: ClaimedStep) -> ClaimedStep:
+    """``step`` with what its actor's preparer read in this transaction, the one that claims
+    it (by a delivery, or by the commit before it)."""
     if prepare is None:
         return step
     try:
@@ -278,8 +278,8 @@ def _prepared(connection: Connection, eager: Eager, step: ClaimedStep) -> Claime
         # and its worker records that as a failed attempt, retried with backoff.
         raise
     except Exception:
-        # Not this commit's failure: the step reads what it needs itself when it runs, and
-        # fails (and is retried) there if it cannot, in an attempt of its own.
+        # Not this transaction's failure: the step reads what it needs itself when it runs,
+        # and fails (and is retried) there if it cannot, in an attempt of its own.
         _logger.warning(
             "could not prepare step %s; it reads its inputs itself", step.id, exc_info=True
         )

@@ -327,7 +327,10 @@ class Runtime:
         except LeaseLost:
             raise
         except Exception as error:
-            return Committed(self._commit_failed(registered, step, error, context))
+            # The store refused the commit (or a group it was in failed): a failed attempt,
+            # keeping what it must and retried with backoff, not left to its lease to run
+            # again unbounded. Had it landed after all, the step is not ours: LeaseLost.
+            return Committed(self._fail(registered, step, error, context))
 
     def _context(self, step: ClaimedStep) -> Context:
         return Context(
@@ -473,8 +476,9 @@ class Runtime:
                 except LeaseLost:
                     raise
                 except Exception as error:
+                    # As for a sync step (_execute): a failed attempt.
                     await asyncio.to_thread(
-                        self._commit_failed_and_publish, registered, step, error, context
+                        self._fail_and_publish, registered, step, error, context
                     )
                     return
                 self._run_next_steps(claimed)
@@ -498,21 +502,6 @@ class Runtime:
         self, registered: Actor[Any], step: ClaimedStep, error: BaseException, context: Context
     ) -> None:
         self.publish(self._fail(registered, step, error, context))
-
-    def _commit_failed(
-        self, registered: Actor[Any], step: ClaimedStep, error: Exception, context: Context
-    ) -> list[Publish]:
-        """The commit itself raised (the store refused it, or a group it was in failed):
-        the attempt is recorded as failed, with what it keeps (a model's answer), and retried
-        with backoff like any failure, rather than left to its lease and run again unbounded.
-        If the commit did land after all, the step is no longer ours and this is LeaseLost."""
-        _logger.error("step %s could not commit: %s", step.id, error, exc_info=error)
-        return self._fail(registered, step, error, context)
-
-    def _commit_failed_and_publish(
-        self, registered: Actor[Any], step: ClaimedStep, error: Exception, context: Context
-    ) -> None:
-        self.publish(self._commit_failed(registered, step, error, context))
 
     def _commit_and_publish(
         self, step: ClaimedStep, context: Context, emitted: list[NewEvent], fan_out: bool
