@@ -18,7 +18,14 @@ from store._dead_letters import (
 from store._diff import RunDiff, diff_runs, divergence
 from store._effects import effects_of_run, record_effect
 from store._engine import Store
-from store._errors import InvalidState, LeaseLost, NotFound, StoreError, StoreUnavailable
+from store._errors import (
+    InvalidState,
+    LeaseLost,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    WriterBusy,
+)
 from store._fork import Forked, fork_run
 from store._history import resolve_step_id, step_input
 from store._ids import derive_id, local_id
@@ -109,6 +116,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "WriterBusy",
     "NotFound",
     "InvalidState",
     "LeaseLost",

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from store import _hot as hot
-from store._errors import StoreError, StoreUnavailable
+from store._errors import StoreError, StoreUnavailable, WriterBusy
 from store._writer import SQLiteWriter
 
 
@@ -47,7 +47,9 @@ class Store:
             # SQLite has one writer at a time. Threads of this process queue on a lock that
             # wakes the next one at once; only other processes meet SQLite's busy handler,
             # which sleeps up to 100 ms between tries.
-            self._writer: SQLiteWriter | None = SQLiteWriter(self.engine, self.read_engine)
+            self._writer: SQLiteWriter | None = SQLiteWriter(
+                self.engine, self.read_engine, busy_timeout_ms
+            )
             # A Store dropped without dispose() must not leave its checkpointer running.
             # (Not at exit, where a daemon thread may hold the writer's lock.)
             weakref.finalize(self, self._writer.close).atexit = False
@@ -77,14 +79,26 @@ class Store:
             )
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """A write transaction: committed on exit, rolled back on error."""
+    def transaction(self, *, wait: bool = True) -> Iterator[Connection]:
+        """A write transaction: committed on exit, rolled back on error.
+
+        ``wait=False`` (for an event loop): begin only if the write can start at once, else
+        raise WriterBusy having done nothing. Only SQLite's writer can tell; on PostgreSQL
+        every transaction waits on the network, so it always raises.
+        """
         if self._writer is None:
+            if not wait:
+                raise WriterBusy("a PostgreSQL transaction waits on the network")
             with _translated(self.url), self.engine.begin() as connection:
                 yield connection
             return
-        with _translated(self.url), self._writer.transaction() as connection:
+        with _translated(self.url), self._writer.transaction(wait=wait) as connection:
             yield connection
+
+    @property
+    def writes_without_waiting(self) -> bool:
+        """Whether ``transaction(wait=False)`` can ever succeed (SQLite)."""
+        return self._writer is not None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

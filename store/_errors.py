@@ -13,6 +13,11 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or used."""
 
 
+class WriterBusy(StoreError):
+    """A write asked not to wait found the writer taken: nothing was done; write it where
+    waiting is allowed."""
+
+
 class NotFound(StoreError):
     """A run, step or wait named by the caller does not exist."""
 

@@ -202,11 +202,13 @@ def commit_and_claim(
     extra_writes: Sequence[Callable[[Connection], None]] = (),
     eager: Eager | None = None,
     now: float | None = None,
+    wait: bool = True,
 ) -> Committed:
     """``commit_step``, in which the steps it makes ready that ``eager`` takes are claimed for
-    its worker in the same transaction instead of being sent (only while the run runs)."""
+    its worker in the same transaction instead of being sent (only while the run runs).
+    ``wait=False``: see ``Store.transaction``."""
     now = time.time() if now is None else now
-    with store.transaction() as connection:
+    with store.transaction(wait=wait) as connection:
         run = lock_run(connection, step.run_id)
         canceled = run.status == RUN_CANCELED
         finished = hot.STEP_FINISH.run(

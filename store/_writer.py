@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, RootTransaction
 
 from store import _hot as hot
 from store._appending import FINISHED_RUNS
-from store._errors import StoreUnavailable
+from store._errors import StoreUnavailable, WriterBusy
 
 _logger = logging.getLogger("baton.store")
 
@@ -63,9 +63,10 @@ class _Group:
 class SQLiteWriter:
     """Turns on the writer connection of one Store (see the module's docstring)."""
 
-    def __init__(self, engine: Engine, read_engine: Engine) -> None:
+    def __init__(self, engine: Engine, read_engine: Engine, busy_timeout_ms: int) -> None:
         self.engine = engine
         self.read_engine = read_engine
+        self.busy_timeout_ms = busy_timeout_ms
         self._start_afresh()
         _writers.add(self)
 
@@ -79,7 +80,25 @@ class SQLiteWriter:
         self._checkpointer: _Checkpointer | None = None
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, wait: bool = True) -> Iterator[Connection]:
+        """A turn on the writer, committed with the group it joins (see the module).
+
+        ``wait=False`` is for a caller that must not block, an event loop: the turn is taken
+        only if neither this process's threads nor another process hold the writer, else
+        WriterBusy is raised with nothing done; and it commits at its end instead of leaving
+        the group to a thread that waits.
+        """
+        if not wait:
+            if not self.lock.acquire(blocking=False):
+                raise WriterBusy("another thread of this process is writing")
+            try:
+                group = self._turn_begins(wait=False)
+                with self._turn(group) as connection:
+                    yield connection
+                self._commit(group)
+            finally:
+                self.lock.release()
+            return
         # Counted as waiting until the lock is ours. The lock is taken by ``with``, never a
         # bare acquire(): an exception Dramatiq injects into the thread (a time limit, a
         # shutdown) while it waits must not leave the lock, or an open group, held.
@@ -89,27 +108,8 @@ class SQLiteWriter:
             with self.lock:
                 self._waiting.discard(ticket)
                 group = self._turn_begins()
-                joined = group.turns > 1
-                connection = self._connection
-                assert connection is not None
-                finished = connection.info.get(FINISHED_RUNS)
-                notes = len(finished) if finished is not None else 0
-                if joined:
-                    self._settle(group, lambda: _execute(connection, group.direct, _SAVEPOINT))
-                token = hot.direct.set(group.direct)
-                try:
+                with self._turn(group) as connection:
                     yield connection
-                except BaseException as error:
-                    if joined:
-                        self._undo_turn(connection, group, notes)
-                    else:
-                        # The first turn is alone in its group: the whole transaction goes.
-                        self._fail(group, error)
-                    raise
-                finally:
-                    _reset(token)
-                if joined:
-                    self._settle(group, lambda: _execute(connection, group.direct, _RELEASE))
                 if not self._waiting or group.turns >= _MOST_TURNS:
                     self._commit(group)
                     return
@@ -118,16 +118,58 @@ class SQLiteWriter:
             self._waiting.discard(ticket)
         self._wait_for(group)
 
-    def _turn_begins(self) -> _Group:
+    @contextmanager
+    def _turn(self, group: _Group) -> Iterator[Connection]:
+        """This thread's work in ``group`` (the lock is held): a savepoint of its own unless
+        it began the group, undone alone if it fails."""
+        joined = group.turns > 1
+        connection = self._connection
+        assert connection is not None
+        finished = connection.info.get(FINISHED_RUNS)
+        notes = len(finished) if finished is not None else 0
+        if joined:
+            self._settle(group, lambda: _execute(connection, group.direct, _SAVEPOINT))
+        token = hot.direct.set(group.direct)
+        try:
+            yield connection
+        except BaseException as error:
+            if joined:
+                self._undo_turn(connection, group, notes)
+            else:
+                # The first turn is alone in its group: the whole transaction goes.
+                self._fail(group, error)
+            raise
+        finally:
+            _reset(token)
+        if joined:
+            self._settle(group, lambda: _execute(connection, group.direct, _RELEASE))
+
+    def _turn_begins(self, *, wait: bool = True) -> _Group:
         """This thread's turn (the lock is held): join the open group or begin one."""
         group = self._group
         if group is None:
             connection = self._connection_for_turn()
-            transaction = connection.begin()
+            transaction = connection.begin() if wait else self._begin_now(connection)
             direct = None if hot.observed(connection) else connection
             group = self._group = _Group(transaction, direct)
         group.turns += 1
         return group
+
+    def _begin_now(self, connection: Connection) -> RootTransaction:
+        """BEGIN IMMEDIATE without SQLite's busy handler: WriterBusy if another process
+        holds the write lock, instead of waiting up to the busy timeout for it."""
+        driver = connection.connection.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.execute("PRAGMA busy_timeout=0")
+        try:
+            return connection.begin()
+        except Exception as error:
+            cause = getattr(error, "orig", error)
+            if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise WriterBusy("another process is writing") from error
+            raise
+        finally:
+            driver.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
 
     def _undo_turn(self, connection: Connection, group: _Group, notes: int) -> None:
         def undo() -> None:

@@ -127,6 +127,17 @@ def wait_for_run(
     pytest.fail(f"run {run_id} is {status} after {timeout} s; expected one of {sorted(until)}")
 
 
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it is truthy and return it; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
 @pytest.fixture
 def baton_env(tmp_path: Path, redis_url: str, database_url: str) -> dict[str, str]:
     """Environment for `baton` subprocesses on the test's Valkey and store, FAST tunings."""

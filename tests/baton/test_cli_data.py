@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from store import (
     run_detail,
 )
 from store._tables import model_calls, runs
-from tests.conftest import baton, wait_for_run
+from tests.conftest import baton, wait_for_run, wait_until
 from workers import Agent, Context, Runtime, Worker, actor, tool
 from workers.agents.offline_model import (
     Cassette,
@@ -157,16 +156,6 @@ def json_of(result: Any) -> Any:
     return json.loads(ok(result).stdout)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"condition not met within {timeout} s")
-
-
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -236,7 +225,9 @@ def test_dlq_lists_a_failing_actors_runs_and_an_undecodable_message_then_discard
     for run_id in failed:
         assert wait_for_run(store, run_id) == "failed"
     worker.runtime.broker.do_enqueue("default", "t-data-garbage", b"\xff\xfe not a message")
-    wait_until(lambda: len(dead_letter_groups(store, DeadLetterFilter())) == 2)
+    wait_until(
+        lambda: len(dead_letter_groups(store, DeadLetterFilter())) == 2, 15, "two dead letters"
+    )
     # When the dead letters are listed
     groups = json_of(baton(baton_env, "dlq", "list", "--json"))
     # Then the failing actor's runs are one group, and the message another

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert, select
 
-from store import Store
+from store import Store, WriterBusy
 from store import _hot as hot
 from store._tables import actor_catalog
 
@@ -199,3 +199,64 @@ def test_the_hot_statements_of_one_read_see_one_snapshot(store: Store) -> None:
         # Then the read's next statement still sees what its first saw
         assert count.run(connection, {}).first().n == before
     assert "meanwhile" in stored(store)
+
+
+def test_a_write_that_must_not_wait_is_refused_while_another_thread_writes(
+    store: Store,
+) -> None:
+    # Given a thread in the middle of its turn on the writer
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.transaction() as connection:
+            write(connection, "held")
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert inside.wait(5)
+
+    # When a write that must not wait (an event loop's) asks for the writer
+    try:
+        with pytest.raises(WriterBusy), store.transaction(wait=False) as connection:
+            write(connection, "loop")
+    finally:
+        release.set()
+        thread.join(5)
+
+    # Then it was refused with nothing done, and the holder's turn committed as usual
+    assert stored(store) == {"held"}
+    # And once the writer is free, the same write goes through at once
+    with store.transaction(wait=False) as connection:
+        write(connection, "loop")
+    assert stored(store) == {"held", "loop"}
+
+
+def test_a_write_that_must_not_wait_does_not_wait_for_another_process(store: Store) -> None:
+    # Given a store in use, and another process holding SQLite's write lock (the busy
+    # timeout is 30 s)
+    with store.transaction() as connection:
+        write(connection, "before")
+    other = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        # When a write that must not wait asks for the writer
+        began = time.monotonic()
+        with pytest.raises(WriterBusy), store.transaction(wait=False) as connection:
+            write(connection, "loop")
+
+        # Then it is refused at once instead of after the busy timeout, with nothing done
+        assert time.monotonic() - began < 1.0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert stored(store) == {"before"}
+    # And the writer waits for other processes again, as every other write must
+    assert store._writer is not None and store._writer._connection is not None
+    driver = store._writer._connection.connection.dbapi_connection
+    assert driver is not None
+    assert driver.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    with store.transaction(wait=False) as connection:
+        write(connection, "loop")
+    assert stored(store) == {"before", "loop"}

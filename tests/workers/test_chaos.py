@@ -21,7 +21,7 @@ from baton._valkey import EmbeddedValkey
 from store import RUN_FINISHED, Store, run_detail, run_status
 from tests.actors import effects
 from tests.actors.chaos import AsyncChaosStep, ChaosStep, SlowStep
-from tests.conftest import FAST, wait_for_run
+from tests.conftest import FAST, wait_for_run, wait_until
 from workers import Runtime
 
 MODULE = "tests.actors.chaos"
@@ -37,16 +37,6 @@ def wait_for_runs(store: Store, run_ids: list[str], timeout: float) -> dict[str,
     while finished(store, run_ids) < len(run_ids) and time.monotonic() < deadline:
         time.sleep(0.1)
     return {run_id: str(run_status(store, run_id)) for run_id in run_ids}
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:

@@ -4,16 +4,23 @@ them loses nothing is shown by the chaos tests' async chains.)"""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+import pytest
+from dramatiq.asyncio import get_event_loop_thread
+from sqlalchemy import event, select
 
 from store import Store, run_detail
 from store._tables import outbox, step_attempts
 from tests.actors import effects
 from tests.actors.chaos import AsyncChaosStep
-from tests.conftest import wait_for_run
+from tests.conftest import wait_for_run, wait_until
 from workers import Worker
 
 
@@ -57,3 +64,61 @@ def test_a_worker_that_is_stopping_sends_what_follows_through_the_broker(
     assert wait_for_run(store, run_id) == "succeeded"
     steps = run_detail(store, run_id)["steps"]
     assert len(steps) == 3 and all(s["message_id"] is not None for s in steps)
+
+
+@pytest.mark.sqlite
+def test_an_async_step_commits_on_the_event_loop_when_the_writer_is_free(
+    store: Store, start_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    # Given a worker, and a note of the thread each commit runs on
+    ledger = effects.create(tmp_path / "effects.db")
+    worker = start_worker()
+    committed_on: list[threading.Thread] = []
+
+    def note(_connection: Any) -> None:
+        committed_on.append(threading.current_thread())
+
+    event.listen(store.engine, "commit", note)
+
+    # When a run of three async steps runs on it, with nothing else writing
+    run_id = worker.runtime.start_run(AsyncChaosStep(effects=ledger, steps=3, pause=0)).run_id
+
+    # Then it succeeds, and its async steps committed on the event loop itself: no hop to a
+    # thread and back for each
+    assert wait_for_run(store, run_id) == "succeeded"
+    loop_thread = get_event_loop_thread()
+    assert loop_thread is not None
+    assert sum(thread is loop_thread for thread in committed_on) >= 2
+
+
+@pytest.mark.sqlite
+def test_an_async_step_whose_commit_finds_the_store_locked_leaves_the_event_loop_free(
+    store: Store, start_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    # Given a worker running the first of two async steps, which commits after 1 s
+    ledger = effects.create(tmp_path / "effects.db")
+    worker = start_worker()
+    run_id = worker.runtime.start_run(AsyncChaosStep(effects=ledger, steps=2, pause=1.0)).run_id
+    wait_until(lambda: len(effects.calls(ledger)) >= 1, 10, "the first step to start")
+
+    # When another process holds SQLite's write lock past the moment it commits
+    locker = sqlite3.connect(str(store.engine.url.database), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        time.sleep(1.5)
+        # Then the event loop still answers at once: the commit waits in a thread, not on it
+        loop_thread = get_event_loop_thread()
+        assert loop_thread is not None
+        for _ in range(5):
+            began = time.monotonic()
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop_thread.loop).result(2)
+            assert time.monotonic() - began < 0.5
+            time.sleep(0.1)
+        assert [s["state"] for s in run_detail(store, run_id)["steps"]] == ["running"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    # And once the lock is released the run succeeds, each step in one attempt
+    assert wait_for_run(store, run_id) == "succeeded"
+    assert [s["attempts"] for s in run_detail(store, run_id)["steps"]] == [1, 1]

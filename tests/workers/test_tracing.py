@@ -45,7 +45,7 @@ from store._ids import attempt_span_id
 from store._tables import events, runs, step_attempts, steps
 from tests.actors import effects
 from tests.actors.chaos import ChaosStep
-from tests.conftest import REPO, wait_for_run
+from tests.conftest import REPO, wait_for_run, wait_until
 from workers import Context, Runtime, Worker, actor
 from workers._tracing import configure_tracing
 from workers.agents.offline_model import OfflineModelConfig, OfflineModelHandle, start_in_thread
@@ -692,16 +692,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
-def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_a_sigkilled_step_is_redelivered_and_exports_one_span_per_attempt_that_ran(
     store: Store,
@@ -720,8 +710,8 @@ def test_a_sigkilled_step_is_redelivered_and_exports_one_span_per_attempt_that_r
     runtime = make_runtime()
     run_id = runtime.start_run(ChaosStep(effects=ledger, steps=4, pause=1.5)).run_id
     # When the worker is SIGKILLed while step 2 runs
-    _until(lambda: effects.calls_per_label(ledger)[f"{run_id}/2"], 30, "step 2 to start")
-    _until(lambda: step_spans(receiver.spans(), run_id), 10, "step 1's span to be exported")
+    wait_until(lambda: effects.calls_per_label(ledger)[f"{run_id}/2"], 30, "step 2 to start")
+    wait_until(lambda: step_spans(receiver.spans(), run_id), 10, "step 1's span to be exported")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     # And a new worker takes over: the lease expires and the step is redelivered
