@@ -694,9 +694,16 @@ def _emitted(registered: Actor[Any], result: Any) -> tuple[list[NewEvent], bool]
     )
 
 
-# Coroutines run on the worker's event loop once its async steps have drained, before the
-# loop stops: what async steps opened on it (the agents' HTTP clients) is closed there.
+# Coroutines run on the worker's event loop before it takes its first message (what async
+# steps will need, made ready: the agents' HTTP clients), and once its async steps have
+# drained, before the loop stops (what they opened on it is closed there).
+_loop_openers: list[Callable[[Runtime], Coroutine[Any, Any, None]]] = []
 _loop_closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
+
+
+def on_loop_start(open_: Callable[[Runtime], Coroutine[Any, Any, None]]) -> None:
+    """Run ``open_(runtime)`` on the worker's event loop before the worker takes messages."""
+    _loop_openers.append(open_)
 
 
 def on_loop_shutdown(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -707,6 +714,20 @@ def on_loop_shutdown(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
 class _DrainAsyncSteps(Middleware):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # After the AsyncIO middleware's (added before this one) has started the loop, and
+        # before the consumers start: the first steps do not pay for the set-up.
+        loop_thread = get_event_loop_thread()
+        if loop_thread is None:
+            return
+        for open_ in _loop_openers:
+            try:
+                future = asyncio.run_coroutine_threadsafe(open_(self.runtime), loop_thread.loop)
+                future.result(timeout=30)
+            except Exception:
+                # The steps that need it set it up themselves, and say what is wrong.
+                _logger.warning("preparing %s on start-up failed", open_, exc_info=True)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # The steps still running hand what follows to the broker, for the other workers.

@@ -13,7 +13,8 @@ import openai
 
 from events import BatonError
 from store._agents import Usage
-from workers._runtime import on_loop_shutdown
+from workers._runtime import Runtime, on_loop_shutdown, on_loop_start
+from workers.agents._agent import registered_agents
 from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
 
 # Errors a retry cannot fix: the request itself is refused.
@@ -66,12 +67,26 @@ def client_for(
     return client
 
 
+async def open_clients(runtime: Runtime) -> None:
+    """The client of each registered agent's endpoint, made before the first model call:
+    making one loads the HTTP stack and the CA bundle, a tenth of a second of the loop."""
+    config = runtime.config
+    for agent in registered_agents():
+        client_for(
+            agent.base_url or config.model_base_url,
+            agent.api_key or config.model_api_key,
+            timeout=config.model_timeout_seconds,
+            max_retries=config.model_max_retries,
+        )
+
+
 async def close_clients() -> None:
     """Close the running loop's clients: their connections belong to it (worker shutdown)."""
     for client in _clients.pop(asyncio.get_running_loop(), {}).values():
         await client.close()
 
 
+on_loop_start(open_clients)
 on_loop_shutdown(close_clients)
 
 
