@@ -51,20 +51,24 @@ class MeteredStore(Store):
         event.listen(self.engine, "before_cursor_execute", self._count)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, *, wait: bool = True) -> Iterator[Connection]:
         label, step_id = _opener()
         record = Transaction(label, step_id, threading.current_thread().name)
         self._current.record = record
         record.started = time.perf_counter()
+        began = False
         try:
-            with super().transaction() as connection:
+            with super().transaction(wait=wait) as connection:
+                began = True
                 yield connection
         finally:
             record.seconds = time.perf_counter() - record.started
             record.ended_at = time.time()
             self._current.record = None
-            with self._lock:
-                self.transactions.append(record)
+            # A write refused before it began (WriterBusy) is made again, and counted then.
+            if began:
+                with self._lock:
+                    self.transactions.append(record)
 
     def _count(
         self,
