@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, event
 
-from store import Store
+from store import Store, WriterBusy
 
 _WRITES = ("INSERT", "UPDATE", "DELETE")
 
@@ -56,17 +56,19 @@ class MeteredStore(Store):
         record = Transaction(label, step_id, threading.current_thread().name)
         self._current.record = record
         record.started = time.perf_counter()
-        began = False
+        refused = False
         try:
             with super().transaction(wait=wait) as connection:
-                began = True
                 yield connection
+        except WriterBusy:
+            # Refused before it began: made again where it may wait, and counted then.
+            refused = True
+            raise
         finally:
             record.seconds = time.perf_counter() - record.started
             record.ended_at = time.time()
             self._current.record = None
-            # A write refused before it began (WriterBusy) is made again, and counted then.
-            if began:
+            if not refused:
                 with self._lock:
                     self.transactions.append(record)
 

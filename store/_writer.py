@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RootTransaction
@@ -148,7 +148,7 @@ class SQLiteWriter:
         """This thread's turn (the lock is held): join the open group or begin one."""
         group = self._group
         if group is None:
-            connection = self._connection_for_turn()
+            connection = self._connection_for_turn(wait=wait)
             transaction = connection.begin() if wait else self._begin_now(connection)
             direct = None if hot.observed(connection) else connection
             group = self._group = _Group(transaction, direct)
@@ -160,16 +160,27 @@ class SQLiteWriter:
         holds the write lock, instead of waiting up to the busy timeout for it."""
         driver = connection.connection.dbapi_connection
         assert isinstance(driver, sqlite3.Connection)
+        restore = f"PRAGMA busy_timeout={self.busy_timeout_ms}"
         driver.execute("PRAGMA busy_timeout=0")
         try:
-            return connection.begin()
+            transaction = connection.begin()
         except Exception as error:
+            driver.execute(restore)
             cause = getattr(error, "orig", error)
-            if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            # Any kind of busy (extended codes: a WAL being recovered, a stale snapshot).
+            if getattr(cause, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY:
                 raise WriterBusy("another process is writing") from error
             raise
-        finally:
-            driver.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        try:
+            driver.execute(restore)
+        except BaseException:
+            # Never left holding SQLite's lock without a group: the next writer starts over.
+            with suppress(Exception):
+                transaction.rollback()
+            connection.invalidate()
+            self._connection = None
+            raise
+        return transaction
 
     def _undo_turn(self, connection: Connection, group: _Group, notes: int) -> None:
         def undo() -> None:
@@ -249,8 +260,9 @@ class SQLiteWriter:
                 f"one was stored ({group.error!r}); retry it"
             ) from group.error
 
-    def _connection_for_turn(self) -> Connection:
-        """The writer's connection (the lock is held)."""
+    def _connection_for_turn(self, *, wait: bool = True) -> Connection:
+        """The writer's connection (the lock is held). Opening one may wait (its set-up meets
+        SQLite's busy handler): a turn that must not wait leaves that to one that may."""
         connection = self._connection
         if connection is not None:
             # Replaced after engine.dispose() (a test that instruments new connections), or
@@ -261,7 +273,11 @@ class SQLiteWriter:
                 and self._pool is self.engine.pool
             ):
                 return connection
+            if not wait:
+                raise WriterBusy("the writer's connection must be opened again")
             connection.close()
+        elif not wait:
+            raise WriterBusy("the writer has not opened its connection yet")
         connection = self._connection = self.engine.connect()
         if self._checkpointer is None:
             self._checkpointer = _Checkpointer(self.read_engine, self.lock)

@@ -395,12 +395,19 @@ class Runtime:
         it stops renewing it."""
         with self._in_flight_lock:
             self._ending_leases.add(step.id)
+        ended = True
         try:
             yield
+        except WriterBusy:
+            # Refused before anything was written: the step runs on, its lease renewed,
+            # until the commit made in a thread instead.
+            ended = False
+            raise
         finally:
             with self._in_flight_lock:
                 self._ending_leases.discard(step.id)
-                self._in_flight.pop(step.id, None)
+                if ended:
+                    self._in_flight.pop(step.id, None)
 
     def _takes(self, actor: str) -> bool:
         """Whether this worker runs a ready step of ``actor`` itself, now: an async actor it
@@ -722,10 +729,11 @@ class _DrainAsyncSteps(Middleware):
         if loop_thread is None:
             return
         for open_ in _loop_openers:
+            future = asyncio.run_coroutine_threadsafe(open_(self.runtime), loop_thread.loop)
             try:
-                future = asyncio.run_coroutine_threadsafe(open_(self.runtime), loop_thread.loop)
                 future.result(timeout=30)
             except Exception:
+                future.cancel()
                 # The steps that need it set it up themselves, and say what is wrong.
                 _logger.warning("preparing %s on start-up failed", open_, exc_info=True)
 

@@ -260,3 +260,20 @@ def test_a_write_that_must_not_wait_does_not_wait_for_another_process(store: Sto
     with store.transaction(wait=False) as connection:
         write(connection, "loop")
     assert stored(store) == {"before", "loop"}
+
+
+def test_a_write_that_must_not_wait_leaves_opening_the_connection_to_one_that_may(
+    store: Store,
+) -> None:
+    # Given a store that has not written yet (opening its writer meets SQLite's busy handler)
+    # When a write that must not wait asks for the writer
+    with pytest.raises(WriterBusy), store.transaction(wait=False) as connection:
+        write(connection, "loop")
+
+    # Then it was refused with nothing done; an ordinary write opens the writer, and after
+    # it the same write goes through at once
+    with store.transaction() as connection:
+        write(connection, "thread")
+    with store.transaction(wait=False) as connection:
+        write(connection, "loop")
+    assert stored(store) == {"thread", "loop"}

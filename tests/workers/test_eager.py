@@ -114,7 +114,10 @@ def test_an_async_step_whose_commit_finds_the_store_locked_leaves_the_event_loop
             asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop_thread.loop).result(2)
             assert time.monotonic() - began < 0.5
             time.sleep(0.1)
-        assert [s["state"] for s in run_detail(store, run_id)["steps"]] == ["running"]
+        (step,) = run_detail(store, run_id)["steps"]
+        assert step["state"] == "running"
+        # And the step is still this worker's to renew while that commit waits
+        assert step["id"] in worker.runtime._in_flight
     finally:
         locker.execute("ROLLBACK")
         locker.close()

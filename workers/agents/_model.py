@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,8 @@ from store._agents import Usage
 from workers._runtime import Runtime, on_loop_shutdown, on_loop_start
 from workers.agents._agent import registered_agents
 from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
+
+_logger = logging.getLogger("baton.agents")
 
 # Errors a retry cannot fix: the request itself is refused.
 _PERMANENT_STATUS = {400, 401, 403, 404, 409, 422}
@@ -72,12 +75,16 @@ async def open_clients(runtime: Runtime) -> None:
     making one loads the HTTP stack and the CA bundle, a tenth of a second of the loop."""
     config = runtime.config
     for agent in registered_agents():
-        client_for(
-            agent.base_url or config.model_base_url,
-            agent.api_key or config.model_api_key,
-            timeout=config.model_timeout_seconds,
-            max_retries=config.model_max_retries,
-        )
+        try:
+            client_for(
+                agent.base_url or config.model_base_url,
+                agent.api_key or config.model_api_key,
+                timeout=config.model_timeout_seconds,
+                max_retries=config.model_max_retries,
+            )
+        except Exception:
+            # Its first model call makes it again, and fails with the reason if it must.
+            _logger.warning("no client made ahead for agent %s", agent.name, exc_info=True)
 
 
 async def close_clients() -> None:

@@ -9,12 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from dramatiq.asyncio import get_event_loop_thread
 
 from events import Event
 from store import Store, conversation_of, run_detail, tool_calls_of
 from tests.conftest import wait_for_run
 from workers import Agent, Context, Worker, actor, tool
-from workers.agents import ToolArgumentsInvalid
+from workers.agents import ToolArgumentsInvalid, _model
 from workers.agents.offline_model import Cassette, OfflineModelHandle
 
 StartModel = Callable[..., OfflineModelHandle]
@@ -198,6 +199,33 @@ def completion(message: dict[str, Any], prompt_tokens: int = 20) -> dict[str, An
         ],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": 25},
     }
+
+
+# -- the worker's clients ---------------------------------------------------------------------
+
+
+def test_a_worker_makes_its_agents_clients_before_it_takes_a_message(
+    offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a worker started with the agents of this module registered
+    model = offline_model()
+    worker = agent_worker(model)
+
+    # Then its event loop already holds the client each of them will call its model with,
+    # so the first model calls do not pay for making one (loading HTTP and TLS set-up)
+    loop_thread = get_event_loop_thread()
+    assert loop_thread is not None
+    config = worker.runtime.config
+    made = _model._clients.get(loop_thread.loop, {})
+    for agent in (fan_out, strict):
+        key = (
+            agent.base_url or config.model_base_url,
+            agent.api_key or config.model_api_key,
+            config.model_timeout_seconds,
+            config.model_max_retries,
+        )
+        assert key in made, f"no client made ahead for {agent.name}"
+    assert {key[0] for key in made} >= {model.base_url}
 
 
 # -- fan out and join ------------------------------------------------------------------------
