@@ -22,6 +22,14 @@ def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
     from store._engine import Store
 
-    # Creates the SQLite file's folder; Alembic would fail on a missing one.
-    Store(url).dispose()
+    # Creates the SQLite file's folder; Alembic would fail on a missing one. And its first
+    # connection puts the file in WAL mode, once, here: switching needs a lock that SQLite
+    # refuses at once, without waiting, while another process writes, so a worker or gateway
+    # opening a new file beside another would fail instead of waiting its turn.
+    store = Store(url)
+    try:
+        if store.dialect == "sqlite":
+            store.ping()
+    finally:
+        store.dispose()
     command.upgrade(alembic_config(url), revision)

@@ -7,12 +7,13 @@ import ctypes
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select
 
-from store import Store, WriterBusy
+from store import Store, WriterBusy, upgrade
 from store import _hot as hot
 from store._tables import actor_catalog
 
@@ -277,3 +278,30 @@ def test_a_write_that_must_not_wait_leaves_opening_the_connection_to_one_that_ma
     with store.transaction(wait=False) as connection:
         write(connection, "loop")
     assert stored(store) == {"thread", "loop"}
+
+
+def test_a_new_store_opened_while_another_process_writes_waits_its_turn(tmp_path: Path) -> None:
+    # Given a database just created by `baton db upgrade`, and another process holding
+    # SQLite's write lock for a second
+    path = tmp_path / "new.db"
+    upgrade(f"sqlite:///{path}")
+    other = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(1.0, lambda: other.execute("ROLLBACK"))
+    releaser.start()
+
+    # When a worker's store writes for the first time meanwhile
+    store = Store(f"sqlite:///{path}")
+    try:
+        began = time.monotonic()
+        with store.transaction() as connection:
+            write(connection, "first")
+        waited = time.monotonic() - began
+    finally:
+        releaser.join(5)
+        other.close()
+
+    # Then it waited for the lock (instead of failing at once on switching to WAL) and wrote
+    assert waited >= 0.5
+    assert stored(store) == {"first"}
+    store.dispose()
