@@ -124,6 +124,15 @@ class Context:
     def pending_writes(self) -> list[Callable[[Connection], None]]:
         return list(self._writes)
 
+    def _release(self) -> None:
+        """Once the step's attempt has ended: drop its deferred writes and prepared inputs.
+        A write's closure usually refers back to this context, a cycle that would keep the
+        context and all it references (a model's request and answer, the window) alive until
+        the garbage collector's next full pass instead of freeing them now."""
+        self._writes.clear()
+        self._kept_writes.clear()
+        self._prepared = None
+
     def failure_writes(self) -> list[Callable[[Connection], None]]:
         """The writes kept whatever the attempt's outcome (``even_on_failure``)."""
         return list(self._kept_writes)

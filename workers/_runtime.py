@@ -316,6 +316,12 @@ class Runtime:
     def _execute(self, registered: Actor[Any], step: ClaimedStep) -> Committed:
         context = self._context(step)
         try:
+            return self._attempt(registered, step, context)
+        finally:
+            context._release()
+
+    def _attempt(self, registered: Actor[Any], step: ClaimedStep, context: Context) -> Committed:
+        try:
             result = registered.fn(_handler_argument(step), context)
             emitted, fan_out = _emitted(registered, result)
         except Wait as wait:
@@ -494,11 +500,14 @@ class Runtime:
                     await asyncio.to_thread(
                         self._fail_and_publish, registered, step, error, context
                     )
-                    return
-                self._run_next_steps(claimed)
+                else:
+                    self._run_next_steps(claimed)
         except LeaseLost as error:
             _logger.warning("%s", error)
             note_step_outcome("lease_lost", error)
+        # Not in a `finally`: a cancelled coroutine's thread may still be recording its
+        # failure, with the writes kept for it.
+        context._release()
 
     async def _commit_async(
         self, step: ClaimedStep, context: Context, emitted: list[NewEvent], fan_out: bool

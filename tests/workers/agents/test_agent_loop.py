@@ -3,6 +3,7 @@ tools are answered to the model, provider errors are retried or refused, budgets
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -226,6 +227,30 @@ def test_a_worker_makes_its_agents_clients_before_it_takes_a_message(
         )
         assert key in made, f"no client made ahead for {agent.name}"
     assert {key[0] for key in made} >= {model.base_url}
+
+
+def test_a_finished_step_leaves_no_reference_cycle_for_the_collector(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a worker, and the collector off so that what cycles leave behind is kept
+    worker = agent_worker(offline_model())
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        # When an agent runs its model calls and a tool call, whose steps defer writes
+        run_id = start(worker, strict, "Double 21.")
+        assert wait_for_run(store, run_id) == "succeeded"
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, Context)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+    # Then no step's context was left in a cycle (its deferred writes refer back to it), so
+    # each was freed, with the request, answer and window it held, as its step ended
+    assert left == []
 
 
 # -- fan out and join ------------------------------------------------------------------------
