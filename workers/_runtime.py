@@ -100,7 +100,7 @@ class Runtime:
         self.broker.add_middleware(DeadLetterUnknownActors(self._dead_letter))
         # Added after AsyncIO, so on shutdown it runs first: async steps commit while the
         # event loop still turns, after the consumers have stopped taking messages.
-        self.broker.add_middleware(_DrainAsyncSteps(self))
+        self.broker.add_middleware(_EventLoopLifecycle(self))
         _metrics.watch_store(store)
         self._bound: dict[str, dramatiq.Actor[Any, Any]] = {}
         # Step id -> when to stop renewing its lease: the step's time limit plus a grace. A
@@ -727,7 +727,9 @@ def on_loop_shutdown(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
     _loop_closers.append(close)
 
 
-class _DrainAsyncSteps(Middleware):
+class _EventLoopLifecycle(Middleware):
+    """The event loop's set-up before the first message, and its drain and close at the end."""
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 

@@ -58,7 +58,7 @@ from workers.agents._model import (
     ModelRequest,
     OutputInvalid,
     assistant_message,
-    client_for,
+    client_of,
     complete,
     prices_with,
     usage_of,
@@ -191,12 +191,7 @@ async def _ask(
     if reused is not None:
         response = reused.response
     else:
-        client = client_for(
-            agent.base_url or config.model_base_url,
-            agent.api_key or config.model_api_key,
-            timeout=config.model_timeout_seconds,
-            max_retries=config.model_max_retries,
-        )
+        client = client_of(agent, config)
         with chat_span(request.data, agent.base_url or config.model_base_url) as chat:
             response = await complete(client, request)
             chat.record(response)

@@ -14,8 +14,8 @@ import openai
 
 from events import BatonError
 from store._agents import Usage
-from workers._runtime import Runtime, on_loop_shutdown, on_loop_start
-from workers.agents._agent import registered_agents
+from workers._runtime import Runtime, RuntimeConfig, on_loop_shutdown, on_loop_start
+from workers.agents._agent import Agent, registered_agents
 from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
 
 _logger = logging.getLogger("baton.agents")
@@ -70,18 +70,22 @@ def client_for(
     return client
 
 
+def client_of(agent: Agent, config: RuntimeConfig) -> openai.AsyncOpenAI:
+    """The client ``agent`` calls its model with: its own endpoint, else the deployment's."""
+    return client_for(
+        agent.base_url or config.model_base_url,
+        agent.api_key or config.model_api_key,
+        timeout=config.model_timeout_seconds,
+        max_retries=config.model_max_retries,
+    )
+
+
 async def open_clients(runtime: Runtime) -> None:
     """The client of each registered agent's endpoint, made before the first model call:
     making one loads the HTTP stack and the CA bundle, a tenth of a second of the loop."""
-    config = runtime.config
     for agent in registered_agents():
         try:
-            client_for(
-                agent.base_url or config.model_base_url,
-                agent.api_key or config.model_api_key,
-                timeout=config.model_timeout_seconds,
-                max_retries=config.model_max_retries,
-            )
+            client_of(agent, runtime.config)
         except Exception:
             # Its first model call makes it again, and fails with the reason if it must.
             _logger.warning("no client made ahead for agent %s", agent.name, exc_info=True)
