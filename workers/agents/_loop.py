@@ -193,7 +193,8 @@ async def _ask(
     else:
         client = client_of(agent, config)
         with chat_span(request.data, agent.base_url or config.model_base_url) as chat:
-            response = await complete(client, request)
+            key = f"{ctx.idempotency_key}-{request.digest[:16]}"
+            response = await complete(client, request, idempotency_key=key)
             chat.record(response)
     usage = usage_of(response, prices)
     if reused is None:

@@ -101,17 +101,28 @@ on_loop_start(open_clients)
 on_loop_shutdown(close_clients)
 
 
-async def complete(client: openai.AsyncOpenAI, request: ModelRequest) -> dict[str, Any]:
+async def complete(
+    client: openai.AsyncOpenAI, request: ModelRequest, *, idempotency_key: str
+) -> dict[str, Any]:
     """One chat completion as plain JSON; ModelRefused for errors a retry cannot fix.
 
     The request is already the JSON body and the response is kept as JSON, so it goes
     through the client's generic ``post`` (same retries, auth and errors) rather than the
     typed ``create``, which walks the body against its TypedDicts and builds pydantic models
     only for us to dump them again: about 0.6 ms of CPU per call.
+
+    ``idempotency_key`` names the question (the step asking it and the request's hash), the
+    same in every attempt. Without one the SDK makes a uuid4 for each request: a getrandom
+    call that hands the GIL away on the event loop, for a key the OpenAI client never sends.
     """
     model = request.data["model"]
     try:
-        raw = await client.post("/chat/completions", content=request.body, cast_to=bytes)
+        raw = await client.post(
+            "/chat/completions",
+            content=request.body,
+            cast_to=bytes,
+            options={"idempotency_key": idempotency_key},
+        )
     except openai.APIStatusError as error:
         if error.status_code in _PERMANENT_STATUS:
             raise ModelRefused(
