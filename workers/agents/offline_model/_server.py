@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 import time
@@ -71,6 +72,10 @@ def serve(
         state_of(app),
         install_signal_handlers=True,
     )
+    # What this process imported lives as long as it does. Frozen, the collector's full
+    # passes skip it instead of holding every answer due meanwhile back by ~0.1 s.
+    gc.collect()
+    gc.freeze()
     # uvicorn re-raises the signal it stopped for; Ctrl+C is how this is meant to end.
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
