@@ -1,5 +1,10 @@
 """Hands committed messages to Redis off the committing thread: a batch of messages is one
-pipelined round trip, and sending overlaps the next commit."""
+pipelined round trip, and sending overlaps the next commit.
+
+While Redis stalls, runs keep committing and their messages would pile up here without
+bound. Past ``MAX_QUEUED`` messages waiting, a batch is left to the workers' relay instead,
+which sends it from the store's outbox once Redis answers again: delayed, not lost.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +21,29 @@ _logger = logging.getLogger("baton.gateway")
 THREADS = 1
 # Messages sent in one round trip before reporting them sent.
 CHUNK = 256
+# Messages waiting to be sent (or being sent) at most; see the module's docstring.
+MAX_QUEUED = 100_000
 
 
 class Sender:
     """A few threads draining one queue; reports the ids Redis took to ``on_sent``."""
 
     def __init__(
-        self, runtime: Runtime, on_sent: Callable[[list[str]], None], threads: int = THREADS
+        self,
+        runtime: Runtime,
+        on_sent: Callable[[list[str]], None],
+        threads: int = THREADS,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         self.runtime = runtime
         self._on_sent = on_sent
         self._queue: queue.SimpleQueue[list[Publish] | None] = queue.SimpleQueue()
+        self.max_queued = max_queued
+        # Messages submitted and not yet through a send attempt; and those left to the relay.
+        self.queued = 0
+        self.left_to_relay = 0
+        self._overflowing = False  # Said once per stretch of batches left to the relay.
+        self._count_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, name=f"baton-gateway-sender-{n}", daemon=True)
             for n in range(threads)
@@ -37,8 +54,26 @@ class Sender:
             thread.start()
 
     def submit(self, messages: list[Publish]) -> None:
-        if messages:
-            self._queue.put(messages)
+        if not messages:
+            return
+        with self._count_lock:
+            overflowing = self.queued + len(messages) > self.max_queued
+            first = overflowing and not self._overflowing
+            self._overflowing = overflowing
+            if overflowing:
+                self.left_to_relay += len(messages)
+            else:
+                self.queued += len(messages)
+        if overflowing:
+            if first:
+                _logger.warning(
+                    "Redis is not taking messages fast enough (%d waiting, at most %d kept "
+                    "here): the next ones stay in the outbox for the workers' relay to send",
+                    self.queued,
+                    self.max_queued,
+                )
+            return
+        self._queue.put(messages)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Send what is queued, then stop."""
@@ -65,7 +100,12 @@ class Sender:
                     break
                 chunk += batch
             for start in range(0, len(chunk), CHUNK):
-                self._send(chunk[start : start + CHUNK])
+                part = chunk[start : start + CHUNK]
+                try:
+                    self._send(part)
+                finally:
+                    with self._count_lock:
+                        self.queued -= len(part)
 
     def _send(self, chunk: list[Publish]) -> None:
         try:

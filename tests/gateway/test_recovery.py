@@ -13,14 +13,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from store import Store, run_status
-from tests.conftest import REPO, wait_for_run
+from gateway._batch import RunRequest
+from gateway._committer import Committer
+from store import CreatedRun, NewEvent, Store, run_status
+from tests.conftest import FAST, REPO, wait_for_run
+from tests.gateway.actors import Pinged
 from tests.gateway.conftest import (
     GITHUB_SECRET,
     STANDARD_SECRET,
@@ -30,7 +35,7 @@ from tests.gateway.conftest import (
     standard_body,
     standard_headers,
 )
-from workers import Worker
+from workers import Runtime, Worker
 
 
 def _free_port() -> int:
@@ -133,6 +138,37 @@ def test_a_message_that_never_reached_redis_is_sent_by_the_outbox_relay(
     # And a worker's relay publishes it, and the run completes
     start_worker()
     assert wait_for_run(store, answer.json()["run_id"]) == "succeeded"
+    assert count(store, "outbox") == 0
+
+
+def test_while_redis_stalls_messages_past_the_senders_bound_wait_in_the_outbox(
+    store: Store, redis_url: str, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a run writer's committer whose sender keeps at most 2 messages waiting for Redis
+    runtime = Runtime(store, redis_url, FAST)
+    committer = Committer(runtime, runtime.route)
+    committer.sender.max_queued = 2
+    committer.start()
+    # And Redis holding every write back for 3 s
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    try:
+        # When 5 runs are created, one after another
+        run_ids = []
+        for n in range(5):
+            answer: Future[CreatedRun] = Future()
+            committer.submit([RunRequest(NewEvent(Pinged.type, {"n": n}), answer=answer)])
+            run_ids.append(answer.result(timeout=10).run_id)
+        # Then each committed; the sender holds 2 messages, and leaves 3 to the relay
+        assert (committer.sender.queued, committer.sender.left_to_relay) == (2, 3)
+        assert count(store, "outbox") == 5
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        committer.stop()
+    # And once Redis answers, the 2 are sent and the relay sends the 3: every run completes
+    start_worker()
+    for run_id in run_ids:
+        assert wait_for_run(store, run_id) == "succeeded"
     assert count(store, "outbox") == 0
 
 
