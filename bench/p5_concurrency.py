@@ -5,6 +5,7 @@ calls per run) are created and published first; then one `baton worker` process 
 them. Model calls are async steps, so the process should keep about all 300 first calls in
 flight at once and finish near the ideal: two model calls of 1 s each, back to back, = 2 s.
 The offline model runs in this process (which only watches), the worker in its own.
+Three trials, each in a fresh sandbox with a fresh worker; the median one is the figure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ DELAY_SECONDS = 1.0
 MODEL_CALLS_PER_RUN = 2
 IDEAL_SECONDS = MODEL_CALLS_PER_RUN * DELAY_SECONDS
 FULL_RUNS, QUICK_RUNS = 300, 60
+FULL_TRIALS, QUICK_TRIALS = 3, 1
 THREADS = 8
 GOAL_IN_FLIGHT, GOAL_RATIO = 200, 1.5
 _FINISHED = "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed', 'canceled')"
@@ -67,8 +70,17 @@ def p5_start(event: P5Start, ctx: Context) -> Event:
 # -- the benchmark -------------------------------------------------------------------------
 
 
+@dataclass
+class _Trial:
+    total: float
+    peak_in_flight: int
+    requests: int
+    notes: list[str]
+
+
 def run(quick: bool) -> Result:
     count = QUICK_RUNS if quick else FULL_RUNS
+    trials = QUICK_TRIALS if quick else FULL_TRIALS
     result = Result("P5", TITLE)
     result.settings = {
         "runs": count,
@@ -76,7 +88,68 @@ def run(quick: bool) -> Result:
         "model delay": f"{DELAY_SECONDS:g} s",
         "worker": f"1 `baton worker` process x {THREADS} threads",
         "mode": "create and publish every run, then start the worker",
+        "trials": trials,
     }
+    done: list[_Trial] = []
+    for number in range(1, trials + 1):
+        trial = _trial(count)
+        done.append(trial)
+        say(
+            f"P5: trial {number}: {count} runs in {trial.total:.2f} s (ideal "
+            f"{IDEAL_SECONDS:g} s); peak {trial.peak_in_flight} model calls in flight; "
+            f"{trial.requests} requests"
+        )
+    # The machine is shared: one trial can land on a busy second. The median trial is the
+    # figure, its notes say where its time went, and every trial's total is listed.
+    ranked = sorted(done, key=lambda t: t.total)
+    middle = ranked[(len(ranked) - 1) // 2]
+    result.notes.append(
+        "trials: "
+        + ", ".join(f"{t.total:.2f} s" for t in done)
+        + (f"; the median one ({middle.total:.2f} s) is reported" if trials > 1 else "")
+    )
+    result.notes.extend(middle.notes)
+    fewest = min(t.peak_in_flight for t in done)
+    in_flight_goal = GOAL_IN_FLIGHT if not quick else count * 2 / 3
+    result.rows.append(
+        Row(
+            "peak model calls in flight" + (f", fewest of {trials}" if trials > 1 else ""),
+            fewest,
+            "",
+            baseline=float(count),
+            baseline_label="runs",
+            goal=f">= {GOAL_IN_FLIGHT}" if not quick else f">= {int(in_flight_goal)} (quick)",
+            passed=fewest >= in_flight_goal,
+        )
+    )
+    label = f"time for {count} runs x {MODEL_CALLS_PER_RUN} model calls"
+    result.rows.append(
+        Row(
+            f"{label}, median of {trials}" if trials > 1 else label,
+            middle.total,
+            "s",
+            baseline=IDEAL_SECONDS,
+            baseline_label=f"ideal: {MODEL_CALLS_PER_RUN} x {DELAY_SECONDS:g} s",
+            goal=f"<= {GOAL_RATIO}x ideal",
+            passed=middle.total <= GOAL_RATIO * IDEAL_SECONDS,
+        )
+    )
+    if trials > 1:
+        for measure, trial in (("fastest", ranked[0]), ("slowest", ranked[-1])):
+            result.rows.append(
+                Row(
+                    f"{label}, {measure} trial",
+                    trial.total,
+                    "s",
+                    baseline=IDEAL_SECONDS,
+                    baseline_label=f"ideal: {MODEL_CALLS_PER_RUN} x {DELAY_SECONDS:g} s",
+                )
+            )
+    return result
+
+
+def _trial(count: int) -> _Trial:
+    """One drain of ``count`` runs by a fresh worker, in a fresh sandbox."""
     with (
         Sandbox("p5") as sandbox,
         start_in_thread(OfflineModelConfig(delay_seconds=DELAY_SECONDS)) as model,
@@ -112,44 +185,18 @@ def run(quick: bool) -> Result:
         first_claim = scalar(store, "SELECT min(started_at) FROM steps")
         last_finish = scalar(store, "SELECT max(finished_at) FROM runs")
         total = float(last_finish - first_claim)
-        _describe(result, store, sampler, first_claim, count)
+        notes = _describe(store, sampler, first_claim, count)
         if cpu_seconds is not None:
-            result.notes.append(
+            notes.append(
                 f"worker process CPU: {cpu_seconds:.1f} s (user+system) in its life, "
                 f"{total:.1f} s of it draining: {cpu_seconds / total:.0%} of one core"
             )
-    say(
-        f"P5: {count} runs in {total:.2f} s (ideal {IDEAL_SECONDS:g} s); peak "
-        f"{stats.peak_in_flight} model calls in flight; {stats.requests} requests"
-    )
-    result.rows.append(
-        Row(
-            "peak model calls in flight",
-            stats.peak_in_flight,
-            "",
-            baseline=float(count),
-            baseline_label="runs",
-            goal=f">= {GOAL_IN_FLIGHT}" if not quick else f">= {int(count * 2 / 3)} (quick)",
-            passed=stats.peak_in_flight >= (GOAL_IN_FLIGHT if not quick else count * 2 / 3),
-        )
-    )
-    result.rows.append(
-        Row(
-            f"time for {count} runs x {MODEL_CALLS_PER_RUN} model calls",
-            total,
-            "s",
-            baseline=IDEAL_SECONDS,
-            baseline_label=f"ideal: {MODEL_CALLS_PER_RUN} x {DELAY_SECONDS:g} s",
-            goal=f"<= {GOAL_RATIO}x ideal",
-            passed=total <= GOAL_RATIO * IDEAL_SECONDS,
-        )
-    )
-    if stats.requests != count * MODEL_CALLS_PER_RUN:
-        result.notes.append(
-            f"the model saw {stats.requests} requests for {count * MODEL_CALLS_PER_RUN} "
-            "model calls (retries?)"
-        )
-    return result
+        if stats.requests != count * MODEL_CALLS_PER_RUN:
+            notes.append(
+                f"the model saw {stats.requests} requests for {count * MODEL_CALLS_PER_RUN} "
+                "model calls (retries?)"
+            )
+    return _Trial(total, stats.peak_in_flight, stats.requests, notes)
 
 
 def _start_runs(runtime: Runtime, count: int) -> None:
@@ -225,17 +272,16 @@ class _InFlightSampler(threading.Thread):
         self.join(timeout=5)
 
 
-def _describe(
-    result: Result, store: Any, sampler: _InFlightSampler, first_claim: float, count: int
-) -> None:
+def _describe(store: Any, sampler: _InFlightSampler, first_claim: float, count: int) -> list[str]:
     """Where the time went: when each kind of step started, relative to the first claim."""
+    notes: list[str] = []
     by_actor = rows(
         store,
         "SELECT actor, min(started_at), max(started_at), max(finished_at), count(*) "
         "FROM steps GROUP BY actor ORDER BY min(started_at)",
     )
     for actor_name, first, last, finished, steps in by_actor:
-        result.notes.append(
+        notes.append(
             f"{actor_name}: {steps} steps, claimed from +{first - first_claim:.2f} s to "
             f"+{last - first_claim:.2f} s, last finished +{finished - first_claim:.2f} s"
         )
@@ -245,7 +291,7 @@ def _describe(
         waits.setdefault(actor_name, []).append(float(waited) * 1000)
     for actor_name, waited in sorted(waits.items()):
         waited.sort()
-        result.notes.append(
+        notes.append(
             f"{actor_name}: waited to start p50 {percentile(waited, 0.5):.0f} ms, "
             f"p95 {percentile(waited, 0.95):.0f} ms after its cause committed"
         )
@@ -253,13 +299,12 @@ def _describe(
         r[0] for r in rows(store, "SELECT latency_ms FROM model_calls ORDER BY latency_ms")
     ]
     if latencies:
-        result.notes.append(
+        notes.append(
             f"model call latency (client side): median {percentile(latencies, 0.5):.0f} ms, "
             f"p95 {percentile(latencies, 0.95):.0f} ms, max {latencies[-1]:.0f} ms"
         )
-    for threshold in (count // 2, int(count * 2 / 3), GOAL_IN_FLIGHT):
+    for threshold in sorted({count // 2, int(count * 2 / 3), GOAL_IN_FLIGHT}):
         reached = next((t for t, n in sampler.samples if n >= threshold), None)
         if reached is not None:
-            result.notes.append(
-                f"{threshold} model calls in flight at +{reached - first_claim:.2f} s"
-            )
+            notes.append(f"{threshold} model calls in flight at +{reached - first_claim:.2f} s")
+    return notes
