@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 
@@ -26,6 +27,9 @@ from workers._runtime import Runtime
 
 _logger = logging.getLogger("baton.maintenance")
 LEADER_KEY = "baton:leader"
+# Outbox rows read per page, and how long one round keeps relaying full pages.
+OUTBOX_PAGE = 500
+RELAY_SECONDS = 0.5
 
 # Extend the lock only if we still hold it: compare-and-set in one round trip.
 _RENEW = """
@@ -84,10 +88,16 @@ class Maintenance(threading.Thread):
         sent = 0
         # Timers first: a due timer is ordinary work now.
         sent += self._send(fire_due_timers(runtime.store))
-        # Outbox rows nobody confirmed: the publisher died between commit and publish.
-        sent += self._send(
-            reissue(runtime.store, due_outbox(runtime.store, config.relay_after_seconds))
-        )
+        # Outbox rows nobody confirmed: the publisher died between commit and publish, or
+        # left them here (the gateway's sender, past its bound while Redis stalled). Page
+        # after full page, for up to RELAY_SECONDS: a backlog drains at thousands a second
+        # instead of one page a round. A failing Redis stops it after one page's timeout.
+        deadline = time.monotonic() + RELAY_SECONDS
+        while True:
+            page = due_outbox(runtime.store, config.relay_after_seconds, limit=OUTBOX_PAGE)
+            sent += self._send(reissue(runtime.store, page))
+            if len(page) < OUTBOX_PAGE or time.monotonic() >= deadline:
+                break
         for queue in {a.queue_name for a in runtime._bound.values()}:
             runtime.broker.run_maintenance(queue)
             # Delayed messages (retries) a dead consumer had fetched sit in the delay queue.
