@@ -42,7 +42,8 @@ class Sender:
         # Messages submitted and not yet through a send attempt; and those left to the relay.
         self.queued = 0
         self.left_to_relay = 0
-        self._overflowing = False  # Said once per stretch of batches left to the relay.
+        # A stretch of batches left to the relay: said when it starts and when it ends.
+        self._overflowing = False
         self._count_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, name=f"baton-gateway-sender-{n}", daemon=True)
@@ -57,23 +58,39 @@ class Sender:
         if not messages:
             return
         with self._count_lock:
-            overflowing = self.queued + len(messages) > self.max_queued
+            # A batch larger than the bound still goes when nothing waits.
+            overflowing = self.queued > 0 and self.queued + len(messages) > self.max_queued
             first = overflowing and not self._overflowing
-            self._overflowing = overflowing
             if overflowing:
+                self._overflowing = True
                 self.left_to_relay += len(messages)
             else:
                 self.queued += len(messages)
+            waiting = self.queued
         if overflowing:
             if first:
                 _logger.warning(
                     "Redis is not taking messages fast enough (%d waiting, at most %d kept "
                     "here): the next ones stay in the outbox for the workers' relay to send",
-                    self.queued,
+                    waiting,
                     self.max_queued,
                 )
             return
         self._queue.put(messages)
+
+    def _sent_or_failed(self, count: int) -> None:
+        """``count`` messages are through a send attempt: their places are free again. The
+        stretch of overflow ends once half the bound is."""
+        with self._count_lock:
+            self.queued -= count
+            recovered = self._overflowing and self.queued <= self.max_queued // 2
+            if recovered:
+                self._overflowing = False
+            left = self.left_to_relay
+        if recovered:
+            _logger.warning(
+                "Redis is taking messages again; %d in all were left to the workers' relay", left
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Send what is queued, then stop."""
@@ -104,8 +121,7 @@ class Sender:
                 try:
                     self._send(part)
                 finally:
-                    with self._count_lock:
-                        self.queued -= len(part)
+                    self._sent_or_failed(len(part))
 
     def _send(self, chunk: list[Publish]) -> None:
         try:
