@@ -91,12 +91,13 @@ class Maintenance(threading.Thread):
         # Outbox rows nobody confirmed: the publisher died between commit and publish, or
         # left them here (the gateway's sender, past its bound while Redis stalled). Page
         # after full page, for up to RELAY_SECONDS: a backlog drains at thousands a second
-        # instead of one page a round. A failing Redis stops it after one page's timeout.
+        # instead of one page a round. A page Redis refuses ends the round's relaying.
         deadline = time.monotonic() + RELAY_SECONDS
         while True:
             page = due_outbox(runtime.store, config.relay_after_seconds, limit=OUTBOX_PAGE)
-            sent += self._send(reissue(runtime.store, page))
-            if len(page) < OUTBOX_PAGE or time.monotonic() >= deadline:
+            relayed = self._send(reissue(runtime.store, page))
+            sent += relayed
+            if relayed < OUTBOX_PAGE or time.monotonic() >= deadline:
                 break
         for queue in {a.queue_name for a in runtime._bound.values()}:
             runtime.broker.run_maintenance(queue)
@@ -130,5 +131,5 @@ class Maintenance(threading.Thread):
         return sent
 
     def _send(self, messages: list[Publish]) -> int:
-        self.runtime.publish(messages, confirm_now=True)
-        return len(messages)
+        """How many of ``messages`` Redis took: all or none."""
+        return len(messages) if self.runtime.publish(messages, confirm_now=True) else 0

@@ -196,13 +196,14 @@ class Runtime:
 
     # -- publishing ----------------------------------------------------------------------
 
-    def publish(self, messages: Sequence[Publish], *, confirm_now: bool = False) -> None:
+    def publish(self, messages: Sequence[Publish], *, confirm_now: bool = False) -> bool:
         """Hand committed messages to Redis (one round trip), then mark their outbox rows done.
+        Returns whether Redis took them.
 
         If this fails (Redis down) the outbox rows stay and the relay sends them later.
         """
         if not messages:
-            return
+            return True
         try:
             self.broker.enqueue_many([step_message(message) for message in messages])
         except Exception:
@@ -211,7 +212,7 @@ class Runtime:
                 len(messages),
                 exc_info=True,
             )
-            return
+            return False
         sent = [message.message_id for message in messages]
         if confirm_now or self._housekeeper is None:
             try:
@@ -225,6 +226,7 @@ class Runtime:
         else:
             with self._confirm_lock:
                 self._confirmations.extend(sent)
+        return True
 
     def send(self, message: Publish) -> None:
         """Hand one message to Redis (its outbox row, if any, is left to the caller)."""
