@@ -3,6 +3,8 @@ issues the same statements, writes the same rows and does the same database work
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import sqlite3
 from collections import defaultdict
@@ -16,7 +18,7 @@ from sqlalchemy import event
 from events import Event
 from store import Store, run_detail
 from tests.conftest import wait_for_run
-from workers import Agent, Context, Worker, actor, tool
+from workers import Agent, Context, Worker, _runtime, actor, tool
 from workers._tracing import current_step_id
 from workers.agents.offline_model import OfflineModelHandle
 
@@ -57,7 +59,16 @@ def t_agents_growth_start(event: GrowthStart, ctx: Context) -> Event:
 
 # A step's work is what runs while its attempt does (current_step_id): its handler and its
 # commit, which claims the steps it makes ready for this worker and reads what they need.
+# A step delivered from Redis is claimed before its attempt begins: that claim, and what
+# its preparer reads, count as the step's work too.
 _TRANSACTION_CONTROL = ("BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK")
+_claiming: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "t_agents_growth_claiming", default=None
+)
+
+
+def _measured_step() -> str | None:
+    return current_step_id() or _claiming.get()
 
 
 @dataclass
@@ -66,16 +77,30 @@ class Work:
     rows_written: int = 0
     # SQLite virtual-machine instructions, in tens: grows with every row a query scans.
     vm_steps: int = 0
+    # Claimed from a message Redis delivered (not taken by the commit that made it ready).
+    delivered: bool = False
 
 
 @pytest.fixture
-def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
+def work_per_step(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Work]]:
     """What every step did to the store, by step id, counted on both of the store's engines."""
     work: dict[str, Work] = defaultdict(Work)
+    claim = _runtime.claim_step
+
+    @functools.wraps(claim)
+    def claim_measured(store: Store, step_id: str, *args: Any, **kwargs: Any) -> Any:
+        work[step_id].delivered = True
+        token = _claiming.set(step_id)
+        try:
+            return claim(store, step_id, *args, **kwargs)
+        finally:
+            _claiming.reset(token)
+
+    monkeypatch.setattr(_runtime, "claim_step", claim_measured)
 
     def on_connect(connection: sqlite3.Connection, _record: Any) -> None:
         def progress() -> int:
-            step = current_step_id()
+            step = _measured_step()
             if step is not None:
                 work[step].vm_steps += 1
             return 0
@@ -83,14 +108,14 @@ def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
         connection.set_progress_handler(progress, 10)
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        step = current_step_id()
+        step = _measured_step()
         # Not BEGIN or the writer's savepoints: which of those a write takes depends on the
         # other threads' writes its commit is grouped with, not on the step's own work.
         if step is not None and not statement.startswith(_TRANSACTION_CONTROL):
             work[step].statements += 1
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        step = current_step_id()
+        step = _measured_step()
         if step is not None and cursor.rowcount > 0:
             work[step].rows_written += cursor.rowcount
 
@@ -110,15 +135,25 @@ def work_per_step(store: Store) -> Iterator[dict[str, Work]]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "delivered",
+    [False, True],
+    ids=["claimed by the commit that made them ready", "claimed from Redis deliveries"],
+)
 def test_turn_200_of_a_conversation_costs_what_turn_20_costs(
+    delivered: bool,
     store: Store,
     work_per_step: dict[str, Work],
     offline_model: Callable[..., OfflineModelHandle],
     agent_worker: Callable[..., Worker],
     recorded_model_calls: Callable[[str], list[dict[str, Any]]],
 ) -> None:
-    # Given a worker whose steps are measured, and an agent the model keeps calling a tool for
+    # Given a worker whose steps are measured, and an agent the model keeps calling a tool
+    # for; its loop's steps are either taken by the commit that makes them ready (the
+    # worker's own event loop has room) or, as for a worker without, each delivered by Redis
+    # and claimed then
     worker = agent_worker(offline_model())
+    worker.runtime.runs_next_steps = not delivered
 
     # When its loop runs past turn 200 (max_steps ends it)
     run_id = worker.runtime.start_run(GrowthStart()).run_id
@@ -133,6 +168,7 @@ def test_turn_200_of_a_conversation_costs_what_turn_20_costs(
     assert len(model_steps) == LATE_TURN + 3
     early = work_per_step[model_steps[EARLY_TURN - 1]]
     late = work_per_step[model_steps[LATE_TURN - 1]]
+    assert early.delivered == late.delivered == delivered
     assert early.statements > 0 and early.rows_written > 0
     assert late.statements == early.statements
     assert late.rows_written == early.rows_written
@@ -141,6 +177,7 @@ def test_turn_200_of_a_conversation_costs_what_turn_20_costs(
     ids = [s["id"] for s in steps if s["actor"] == "baton.agent.tool_call"]
     assert not [s for s in steps if s["actor"] == "baton.agent.tools_joined"]
     early, late = work_per_step[ids[EARLY_TURN - 1]], work_per_step[ids[LATE_TURN - 1]]
+    assert early.delivered == late.delivered == delivered
     assert late.statements == early.statements > 0
     assert late.rows_written == early.rows_written
     assert late.vm_steps <= early.vm_steps * 1.3, (early, late)
