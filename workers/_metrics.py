@@ -51,6 +51,12 @@ model_cost_usd = Counter(
     "What the model calls made by this process cost, in US dollars, by agent and model",
     ["agent", "model"],
 )
+async_commits = Counter(
+    "baton_async_commits",
+    "Commits of async steps by where they ran: on the event loop (SQLite's writer was free "
+    "at once) or in a thread (it was busy, or the store is PostgreSQL)",
+    ["path"],
+)
 dead_letters = Counter(
     "baton_dead_letters",
     "Queue messages this process dead-lettered (malformed, or for an unknown actor), by queue",
@@ -90,6 +96,13 @@ def model_used(agent: str, model: str, usage: Usage) -> None:
     model_tokens.labels(agent, model, "input").inc(usage.input_tokens)
     model_tokens.labels(agent, model, "output").inc(usage.output_tokens)
     model_cost_usd.labels(agent, model).inc(usage.cost_usd)
+
+
+_commit_paths = {path: async_commits.labels(path) for path in ("event_loop", "thread")}
+
+
+def async_step_committed(path: str) -> None:
+    _commit_paths[path].inc()
 
 
 def dead_lettered(queue: str) -> None:

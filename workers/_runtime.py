@@ -528,10 +528,12 @@ class Runtime:
             except WriterBusy:
                 pass
             else:
+                _metrics.async_step_committed("event_loop")
                 if committed.publish:
                     # Sending to Redis may stall: off the loop.
                     await asyncio.to_thread(self.publish, committed.publish)
                 return committed.claimed
+        _metrics.async_step_committed("thread")
         return await asyncio.to_thread(self._commit_and_publish, step, context, emitted, fan_out)
 
     def _park(self, step: ClaimedStep, context: Context, wait: Wait) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from dramatiq.asyncio import get_event_loop_thread
+from prometheus_client import REGISTRY
 from sqlalchemy import event, select
 
 from store import Store, run_detail
@@ -22,6 +23,11 @@ from tests.actors import effects
 from tests.actors.chaos import AsyncChaosStep
 from tests.conftest import wait_for_run, wait_until
 from workers import Worker
+
+
+def commits(path: str) -> float:
+    """Async steps' commits this process counted on ``path`` (the worker's metrics)."""
+    return REGISTRY.get_sample_value("baton_async_commits_total", {"path": path}) or 0.0
 
 
 def test_an_async_chain_continues_on_the_worker_that_committed_each_step(
@@ -79,6 +85,7 @@ def test_an_async_step_commits_on_the_event_loop_when_the_writer_is_free(
         committed_on.append(threading.current_thread())
 
     event.listen(store.engine, "commit", note)
+    on_loop, in_threads = commits("event_loop"), commits("thread")
 
     # When a run of three async steps runs on it, with nothing else writing
     run_id = worker.runtime.start_run(AsyncChaosStep(effects=ledger, steps=3, pause=0)).run_id
@@ -89,6 +96,11 @@ def test_an_async_step_commits_on_the_event_loop_when_the_writer_is_free(
     loop_thread = get_event_loop_thread()
     assert loop_thread is not None
     assert sum(thread is loop_thread for thread in committed_on) >= 2
+    # And the worker's metrics say where its async steps committed
+    # (a commit that met the worker's housekeeping mid-write took a thread instead)
+    loop_commits = commits("event_loop") - on_loop
+    assert loop_commits >= 2
+    assert loop_commits + commits("thread") - in_threads == 3
 
 
 @pytest.mark.sqlite
@@ -98,6 +110,7 @@ def test_an_async_step_whose_commit_finds_the_store_locked_leaves_the_event_loop
     # Given a worker running the first of two async steps, which commits after 1 s
     ledger = effects.create(tmp_path / "effects.db")
     worker = start_worker()
+    in_threads = commits("thread")
     run_id = worker.runtime.start_run(AsyncChaosStep(effects=ledger, steps=2, pause=1.0)).run_id
     wait_until(lambda: len(effects.calls(ledger)) >= 1, 10, "the first step to start")
 
@@ -125,3 +138,5 @@ def test_an_async_step_whose_commit_finds_the_store_locked_leaves_the_event_loop
     # And once the lock is released the run succeeds, each step in one attempt
     assert wait_for_run(store, run_id) == "succeeded"
     assert [s["attempts"] for s in run_detail(store, run_id)["steps"]] == [1, 1]
+    # And the metrics count the commit that had to wait in a thread
+    assert commits("thread") - in_threads >= 1
