@@ -5,7 +5,7 @@ calls per run) are created and published first; then one `baton worker` process 
 them. Model calls are async steps, so the process should keep about all 300 first calls in
 flight at once and finish near the ideal: two model calls of 1 s each, back to back, = 2 s.
 The offline model runs in this process (which only watches), the worker in its own.
-Three trials, each in a fresh sandbox with a fresh worker; the median one is the figure.
+Five trials, each in a fresh sandbox with a fresh worker; the median one is the figure.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ DELAY_SECONDS = 1.0
 MODEL_CALLS_PER_RUN = 2
 IDEAL_SECONDS = MODEL_CALLS_PER_RUN * DELAY_SECONDS
 FULL_RUNS, QUICK_RUNS = 300, 60
-FULL_TRIALS, QUICK_TRIALS = 3, 1
+FULL_TRIALS, QUICK_TRIALS = 5, 1
 THREADS = 8
 GOAL_IN_FLIGHT, GOAL_RATIO = 200, 1.5
 _FINISHED = "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed', 'canceled')"
