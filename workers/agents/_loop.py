@@ -127,7 +127,7 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
     if reused is not None and reused.source == OWN:
         # An earlier attempt of this step was answered (and, having asked, passed the budget).
         response = reused.response
-        usage = usage_of(response, prices)
+        usage = usage_of(response, prices, asked=agent.model)
     else:
         _check_budget(agent, inputs.totals, request, prices)
         response, usage = await _ask(agent, event, ctx, request, prices, reused)
@@ -196,7 +196,7 @@ async def _ask(
             key = f"{ctx.idempotency_key}-{request.digest[:16]}"
             response = await complete(client, request, idempotency_key=key)
             chat.record(response)
-    usage = usage_of(response, prices)
+    usage = usage_of(response, prices, asked=agent.model)
     if reused is None:
         _metrics.model_used(agent.name, agent.model, usage)
     ctx.defer_write(

@@ -16,7 +16,7 @@ from events import BatonError
 from store._agents import Usage
 from workers._runtime import Runtime, RuntimeConfig, on_loop_shutdown, on_loop_start
 from workers.agents._agent import Agent, registered_agents
-from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
+from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd, price_of
 
 _logger = logging.getLogger("baton.agents")
 
@@ -163,13 +163,18 @@ class ModelRequest:
         self.digest = hashlib.sha256(self.body).hexdigest()
 
 
-def usage_of(response: Mapping[str, Any], prices: Mapping[str, Price]) -> Usage:
+def usage_of(response: Mapping[str, Any], prices: Mapping[str, Price], *, asked: str) -> Usage:
+    """What a response used and cost. It is priced as the model that answered (a dated
+    snapshot takes its family's price) when that has a price, else as the model ``asked``
+    for: an Azure deployment or a proxy's alias names the answering model its own way, and
+    the budget check prices the agent's model, so its calls must not count as $0."""
     usage = response.get("usage") or {}
     input_tokens = int(usage.get("prompt_tokens") or 0)
     output_tokens = int(usage.get("completion_tokens") or 0)
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-    model = str(response.get("model") or "")
+    answered = str(response.get("model") or "")
+    model = answered if price_of(answered, prices) is not None else asked
     return Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,

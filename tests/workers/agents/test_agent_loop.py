@@ -130,6 +130,15 @@ thrifty = Agent(
 )
 
 
+# Deployed under a name of its own, as on Azure: responses name the model their own way.
+deployed = Agent(
+    name="t_agents_deployed",
+    model="gpt-4.1-mini",
+    instructions="Answer in one line.",
+    max_cost_usd=1.0,
+)
+
+
 @tool(idempotent=True)
 def t_agents_rate(currency: str) -> str:
     """Today's exchange rate from euros to a currency."""
@@ -165,7 +174,10 @@ class LoopStart(Event, type="t_agents_loop.start"):
     input: str
 
 
-AGENTS = {a.name: a for a in (fan_out, strict, fragile, plain, one_step, thrifty, lead, lead_pair)}
+AGENTS = {
+    a.name: a
+    for a in (fan_out, strict, fragile, plain, one_step, thrifty, deployed, lead, lead_pair)
+}
 
 
 @actor(on=LoopStart)
@@ -502,6 +514,35 @@ def test_max_steps_stops_the_run_before_the_next_model_call(
     assert model.stats().requests == 1
     second = steps_of(store, run_id, "baton.agent.model_call")[1]
     assert second["state"] == "failed" and second["attempts"] == 1
+
+
+def test_an_answer_naming_a_model_without_a_price_is_priced_as_the_model_asked_for(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given an endpoint (an Azure deployment, a proxy's alias) that answers a gpt-4.1-mini
+    # request in the name of a model the price table does not know
+    opening = [
+        {"role": "system", "content": deployed.instructions},
+        {"role": "user", "content": "Say hello."},
+    ]
+    answer = {**completion({"content": "Hello."}, prompt_tokens=1000), "model": "t-agents-eu-1"}
+    cassette = Cassette()
+    cassette.record(deployed.request(opening), answer)
+    worker = agent_worker(offline_model(cassette=cassette))
+
+    # When an agent with a cost budget calls it
+    run_id = start(worker, deployed, "Say hello.")
+
+    # Then the call is priced as gpt-4.1-mini (1,000 input and 5 output tokens), not as $0,
+    # and the run's total, which the budget is checked against, holds that cost
+    assert wait_for_run(store, run_id) == "succeeded"
+    (call,) = recorded_model_calls(run_id)
+    expected = (1000 * 0.40 + 5 * 1.60) / 1_000_000
+    assert call["cost_usd"] == pytest.approx(expected)
+    assert run_detail(store, run_id)["run"]["cost_usd"] == pytest.approx(expected)
 
 
 def test_max_cost_stops_the_run_before_a_call_that_would_pass_it(
