@@ -2,7 +2,7 @@
 
 from workers._actor import Actor, actor, registered_actors, subscribers
 from workers._context import Context, Memory
-from workers._errors import ActorError, Wait, WaitTimeout, WorkerError
+from workers._errors import ActorError, RetryLater, Wait, WaitTimeout, WorkerError
 from workers._maintenance import Maintenance
 from workers._runtime import Runtime, RuntimeConfig
 from workers._worker import Worker, import_modules
@@ -16,6 +16,7 @@ __all__ = [
     "AgentFinished",
     "Context",
     "Memory",
+    "RetryLater",
     "Wait",
     "WaitTimeout",
     "actor",

@@ -55,7 +55,7 @@ from workers import _metrics
 from workers._actor import Actor, find_actor, registered_actors, subscribers
 from workers._broker import Broker, DeadLetterUnknownActors, step_message
 from workers._context import Context
-from workers._errors import Wait
+from workers._errors import RetryLater, Wait
 from workers._tracing import note_step_outcome, observe_step, run_trace
 
 _logger = logging.getLogger("baton.worker")
@@ -582,6 +582,8 @@ class Runtime:
                 factor=self.config.min_backoff_ms,
                 max_backoff=self.config.max_backoff_ms,
             )
+            if isinstance(error, RetryLater):
+                retry_in_ms = max(retry_in_ms, round(error.retry_after_seconds * 1000))
         message = str(error) or repr(error)
         if isinstance(error, TimeLimitExceeded):
             limit = registered.options.timeout_seconds or self.config.step_timeout_seconds

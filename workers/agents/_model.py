@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import hashlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +17,7 @@ import openai
 
 from events import BatonError
 from store._agents import Usage
+from workers._errors import RetryLater
 from workers._runtime import Runtime, RuntimeConfig, on_loop_shutdown, on_loop_start
 from workers.agents._agent import Agent, registered_agents
 from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd, price_of
@@ -22,6 +26,8 @@ _logger = logging.getLogger("baton.agents")
 
 # Errors a retry cannot fix: the request itself is refused.
 _PERMANENT_STATUS = {400, 401, 403, 404, 409, 422}
+# ... or, under a retryable status, the account: no quota left is a 429 that waiting won't cure.
+_PERMANENT_CODES = {"insufficient_quota"}
 
 # Per event loop (a client's connections belong to the loop that opened them), dropped with it.
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
@@ -31,6 +37,11 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, .
 
 class ModelRefused(BatonError):
     """The provider refused the request (bad request, auth, unknown model): not retried."""
+
+
+class ModelRateLimited(RetryLater):
+    """The provider still refused for its rate limit after the client's own retries: the
+    step is retried no sooner than its ``Retry-After`` (the client waits out only short ones)."""
 
 
 class ModelAnswerUnreadable(BatonError):
@@ -124,10 +135,17 @@ async def complete(
             options={"idempotency_key": idempotency_key},
         )
     except openai.APIStatusError as error:
-        if error.status_code in _PERMANENT_STATUS:
+        if error.status_code in _PERMANENT_STATUS or error.code in _PERMANENT_CODES:
             raise ModelRefused(
-                f"model {model!r} refused the request ({error.status_code}): "
-                f"{_provider_message(error)}"
+                f"model {model!r} refused the request ({error.status_code}"
+                f"{f', {error.code}' if error.code else ''}): {_provider_message(error)}"
+            ) from None
+        if error.status_code == 429:
+            wait = _retry_after_seconds(error.response.headers)
+            raise ModelRateLimited(
+                f"model {model!r} is rate-limited (429): {_provider_message(error)}"
+                + (f"; it asks to retry after {wait:g} s" if wait is not None else ""),
+                retry_after_seconds=wait or 0.0,
             ) from None
         raise
     try:
@@ -139,6 +157,24 @@ async def complete(
             f"model {model!r} answered with something that is not a chat completion: {raw[:200]!r}"
         )
     return response
+
+
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait a response asks for: ``retry-after-ms``, else ``Retry-After`` in seconds or
+    as an HTTP date; None when it names none."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(milliseconds) / 1000, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(float(value), 0.0)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(when.timestamp() - time.time(), 0.0)
+    return None
 
 
 def _provider_message(error: openai.APIStatusError) -> str:

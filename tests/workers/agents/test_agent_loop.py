@@ -468,6 +468,51 @@ def test_a_500_and_a_429_with_retry_after_are_retried_by_the_client(
     assert call["latency_ms"] >= 1000  # it waited as Retry-After said
 
 
+def test_a_429_the_client_gives_up_on_retries_the_step_after_its_retry_after(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a model that rate-limits the next request for 1.5 s, and a worker whose client
+    # does not retry (as when Retry-After is longer than the openai client will wait)
+    model = offline_model()
+    model.add_faults([{"status": 429, "retry_after": 1.5}])
+    worker = agent_worker(model, model_max_retries=0)
+
+    # When an agent asks it
+    run_id = start(worker, plain, "What is Baton?")
+
+    # Then the step failed its first attempt as rate-limited, and its second attempt waited
+    # as Retry-After said rather than its usual backoff (50 ms here), then succeeded
+    assert wait_for_run(store, run_id) == "succeeded"
+    assert model.stats().by_status == {200: 1, 429: 1}
+    (step,) = steps_of(store, run_id, "baton.agent.model_call")
+    first, second = step["attempt_history"]
+    assert first["error_type"] == "ModelRateLimited"
+    assert "rate-limited (429)" in first["error_message"]
+    assert "retry after 1.5 s" in first["error_message"]
+    assert second["started_at"] - first["ended_at"] >= 1.5
+
+
+def test_a_429_for_no_quota_left_fails_the_step_at_once(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a model whose account has no quota left (a 429 that waiting will not cure)
+    model = offline_model()
+    message = "t_agents: You exceeded your current quota, please check your plan."
+    model.add_faults([{"status": 429, "code": "insufficient_quota", "message": message}])
+    worker = agent_worker(model, model_max_retries=0)
+
+    # When an agent asks it
+    run_id = start(worker, plain, "What is Baton?")
+
+    # Then the run failed on the first attempt, with the provider's message and code
+    assert wait_for_run(store, run_id) == "failed"
+    (step,) = steps_of(store, run_id, "baton.agent.model_call")
+    assert step["state"] == "failed" and step["attempts"] == 1
+    error = run_detail(store, run_id)["run"]["error"]
+    assert "ModelRefused" in error and "insufficient_quota" in error and message in error
+    assert model.stats().requests == 1
+
+
 def test_a_permanent_400_fails_the_step_at_once_with_the_providers_message(
     store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
 ) -> None:

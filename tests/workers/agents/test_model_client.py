@@ -4,11 +4,14 @@ proxy answer a replayed step from an earlier attempt."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import time
 from typing import Any
 
+import pytest
 from aiohttp import web
 
-from workers.agents._model import ModelRequest, client_for, complete
+from workers.agents._model import ModelRequest, _retry_after_seconds, client_for, complete
 
 _ANSWER = {
     "id": "chatcmpl-1",
@@ -61,3 +64,26 @@ def test_a_model_call_sends_no_idempotency_key_header() -> None:
     assert len(seen) == 1
     assert "idempotency-key" not in seen[0]
     assert "step-1-abcdef" not in seen[0].values()
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "20"}, 20.0),
+        ({"retry-after": "0.25"}, 0.25),
+        ({"retry-after": "-3"}, 0.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_the_wait_a_rate_limited_response_asks_for(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    assert _retry_after_seconds(headers) == seconds
+
+
+def test_a_retry_after_given_as_a_date_is_the_time_until_it() -> None:
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    wait = _retry_after_seconds({"retry-after": when})
+    assert wait is not None and 115 <= wait <= 120

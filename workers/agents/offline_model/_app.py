@@ -117,7 +117,7 @@ async def _serve_completion(
         )
     try:
         if fault is not None and fault.status is not None:
-            raise _fault_error(fault.status, fault.message, fault.retry_after)
+            raise _fault_error(fault.status, fault.message, fault.retry_after, fault.code)
         body = _complete(state, raw)
         response = _json_response(200, body, {"x-request-id": str(body.get("id", ""))})
     except OfflineModelError as error:
@@ -151,7 +151,9 @@ def _complete(state: ServerState, raw: bytes) -> dict[str, Any]:
     return respond(request, hashlib.sha256(canonical_json(data).encode()).hexdigest())
 
 
-def _fault_error(status: int, message: str | None, retry_after: float | None) -> OfflineModelError:
+def _fault_error(
+    status: int, message: str | None, retry_after: float | None, given_code: str | None = None
+) -> OfflineModelError:
     headers = {}
     if retry_after is not None:
         headers["retry-after"] = _seconds_text(retry_after)
@@ -178,7 +180,7 @@ def _fault_error(status: int, message: str | None, retry_after: float | None) ->
         status,
         message or f"{default} (a fault injected into the offline model)",
         error_type=error_type,
-        code=code,
+        code=given_code or code,
         headers=headers,
     )
 

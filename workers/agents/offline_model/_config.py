@@ -39,6 +39,8 @@ class Fault(BaseModel):
     status: Annotated[int, Field(ge=400, le=599)] | None = None
     """Answer with this HTTP error instead (429 and 5xx are retryable, other 4xx permanent)."""
     message: str | None = None
+    code: str | None = None
+    """The error body's `code` (e.g. `insufficient_quota`); by default one that suits the status."""
     retry_after: _Seconds | None = None
     """Sent as `Retry-After` (seconds) with the error."""
     timeout: bool = False
@@ -55,6 +57,8 @@ class Fault(BaseModel):
             raise ValueError("retry_after needs an error status, e.g. {'status': 429, ...}")
         if self.message is not None and self.status is None:
             raise ValueError("message needs an error status, e.g. {'status': 500, ...}")
+        if self.code is not None and self.status is None:
+            raise ValueError("code needs an error status, e.g. {'status': 429, ...}")
         if self.hang_seconds is not None and not self.timeout:
             raise ValueError("hang_seconds only applies to {'timeout': true} faults")
         return self
