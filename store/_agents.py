@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from store import _hot as hot
 from store._engine import Store
+from store._errors import LeaseLost
 from store._hot import Statement, json_in
 from store._recorded import RecordedResponses, recorded_responses
 
@@ -284,13 +285,26 @@ def tool_intent(
     tool: str,
     arguments: Any,
     attempt: int,
+    owner: str,
 ) -> Any:
     """Record that this step is about to call out; returns the earlier record if there is one.
 
     The earlier record tells a restarted step that a previous attempt may have reached the
-    outside world already.
+    outside world already. The intent is recorded only while ``owner`` still holds the
+    step's ``attempt``; otherwise LeaseLost, with nothing written: a worker that stalled past
+    its lease must not call out after the attempt that replaced it has (its record says
+    "done", which would not stop it).
     """
     with store.transaction() as connection:
+        held = _TOOL_LEASE_HELD.run(
+            connection, {"step_id": step_id, "owner": owner, "attempt": attempt}
+        ).first()
+        if held is None:
+            raise LeaseLost(
+                f"step {step_id} (tool {tool!r}) is no longer held by {owner} at attempt "
+                f"{attempt}: another worker took it, or the run was replayed; the tool is "
+                "not called"
+            )
         earlier = _TOOL_EARLIER.run(connection, {"step_id": step_id}).first()
         if earlier is None:
             _TOOL_INTENT.run(
@@ -440,6 +454,13 @@ _LOOP_USAGE = Statement(
 _RESPONSE_COMMITTED = Statement("UPDATE model_calls SET committed = TRUE WHERE step_id = :step_id")
 
 _TOOL_EARLIER = Statement("SELECT state, attempt FROM tool_calls WHERE step_id = :step_id")
+
+_TOOL_LEASE_HELD = Statement(
+    """
+    SELECT id FROM steps
+    WHERE id = :step_id AND lease_owner = :owner AND attempts = :attempt AND state = 'running'
+    """
+)
 
 _TOOL_INTENT = Statement(
     """

@@ -329,6 +329,8 @@ class Runtime:
         except Wait as wait:
             self._park(step, context, wait)
             return Committed([])
+        except LeaseLost:
+            raise
         except (Exception, TimeLimitExceeded) as error:
             return Committed(self._fail(registered, step, error, context))
         try:
@@ -485,6 +487,9 @@ class Runtime:
                 emitted, fan_out = _emitted(registered, result)
             except Wait as wait:
                 await asyncio.to_thread(self._park, step, context, wait)
+            except LeaseLost:
+                # Found out by the handler itself (a tool's intent refused): nothing to record.
+                raise
             except TimeoutError as error:
                 # The step's own time limit, or a timeout of the handler's (a socket, a
                 # client): an ordinary failure.

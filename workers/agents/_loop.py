@@ -367,6 +367,7 @@ async def _call_once(
         tool=target.name,
         arguments=arguments_of(event),
         attempt=ctx.attempt,
+        owner=ctx._runtime.owner,
     )
     replayed = earlier is not None and earlier.attempt <= ctx.attempt_base
     if earlier is not None and earlier.state == "intent" and not target.idempotent and not replayed:

@@ -530,7 +530,7 @@ def test_a_permanent_400_fails_the_step_at_once_with_the_providers_message(
     assert step["state"] == "failed" and step["attempts"] == 1
     error = run_detail(store, run_id)["run"]["error"]
     assert "ModelRefused" in error
-    assert "(400): t_agents: 'temperature' must be <= 2" in error
+    assert "(400, injected_fault): t_agents: 'temperature' must be <= 2" in error
     assert model.stats().requests == 1
 
 
