@@ -221,7 +221,8 @@ def replay_failed_steps(
     Each replayed step gets a fresh retry budget; its id, and so its idempotency key, stays.
     A step parked as OutcomeUnknown (a non-idempotent tool call that may have happened) is
     a failed step: replaying it is the operator's word that the call may be made again.
-    With ``operator``, the replay is recorded as an operation in the same transaction.
+    Steps the failure held back (pending, e.g. between retries) are sent again as they were,
+    with the retries they had left and no such word. With ``operator``, the replay is recorded as an operation in the same transaction.
     """
     now = time.time() if now is None else now
     with store.transaction() as connection:
@@ -256,20 +257,22 @@ def replay_failed_steps(
             )
         ).all()
         publish = []
+        replayed = {step.id for step in failed}
         for step in [*failed, *halted]:
             message_id = _ids.new_message_id()
-            connection.execute(
-                update(steps)
-                .where(steps.c.id == step.id)
-                .values(
-                    state=STEP_PENDING,
-                    attempt_base=steps.c.attempts,
-                    available_at=now,
-                    message_id=message_id,
-                    published_at=now,
-                    finished_at=None,
-                )
-            )
+            values: dict[str, Any] = {
+                "state": STEP_PENDING,
+                "available_at": now,
+                "message_id": message_id,
+                "published_at": now,
+                "finished_at": None,
+            }
+            if step.id in replayed:
+                # The replayed step's fresh retry budget, and the operator's word that what an
+                # earlier attempt may have done outside (a non-idempotent tool) may be done
+                # again. A held-back step goes on with its own retries and gets neither.
+                values["attempt_base"] = steps.c.attempts
+            connection.execute(update(steps).where(steps.c.id == step.id).values(**values))
             publish.append(
                 Publish(message_id, step.id, run_id, step.actor, step.queue, step.traceparent)
             )

@@ -183,6 +183,31 @@ def test_replay_resets_only_the_failed_steps_with_a_fresh_retry_budget(store: St
     assert run_status(store, run_id) == "succeeded"
 
 
+def test_replay_sends_the_steps_held_back_by_the_failure_without_consent_or_a_fresh_budget(
+    store: Store,
+) -> None:
+    # Given a run whose one step failed for good while another was waiting to be retried
+    # (its first attempt failed; a tool it calls may have been reached)
+    run_id, first = start(store)
+    waiting = claim(store, first["t_runs.bad"])
+    fail(store, waiting, retry_in_ms=1)
+    fail(store, claim(store, first["t_runs.good"]), retry_in_ms=None)
+    assert run_status(store, run_id) == "failed"
+
+    # When the operator replays the failed step
+    publish = replay_failed_steps(store, run_id, reason="fixed", step_id=first["t_runs.good"])
+
+    # Then the held-back step is sent again too
+    assert {p.step_id for p in publish} == {first["t_runs.good"], waiting.id}
+    # And it goes on with the retries it had left, and the replay is not the operator's word
+    # that its earlier attempt's outside call may be made again (attempt_base): only the
+    # replayed step gets that, and a fresh budget
+    again = claim(store, waiting.id)
+    assert (again.attempt, again.attempts_left, again.attempt_base) == (2, 1, 0)
+    replayed = claim(store, first["t_runs.good"])
+    assert (replayed.attempt, replayed.attempts_left, replayed.attempt_base) == (2, 0, 1)
+
+
 def test_replay_of_a_run_that_did_not_fail_or_does_not_exist_is_refused(store: Store) -> None:
     # Given a running run
     run_id, _ = start(store)
