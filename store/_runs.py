@@ -222,7 +222,8 @@ def replay_failed_steps(
     A step parked as OutcomeUnknown (a non-idempotent tool call that may have happened) is
     a failed step: replaying it is the operator's word that the call may be made again.
     Steps the failure held back (pending, e.g. between retries) are sent again as they were,
-    with the retries they had left and no such word. With ``operator``, the replay is recorded as an operation in the same transaction.
+    with the retries they had left and no such word. With ``operator``, the replay is
+    recorded as an operation in the same transaction.
     """
     now = time.time() if now is None else now
     with store.transaction() as connection:
