@@ -249,7 +249,12 @@ def record_response(
 def count_usage(
     connection: Connection, *, run_id: str, loop_id: str, step_id: str, usage: Usage
 ) -> None:
-    """Add one model call's usage to the run's and the loop's totals, with the step's commit."""
+    """Add one model call's usage to the run's and the loop's totals, once: with the
+    transaction that ends the attempt which recorded the answer (its commit, or the record
+    of its failure: a failed step's answer was paid for too). A later attempt that reuses
+    the answer adds nothing."""
+    if _RESPONSE_COUNTED.run(connection, {"step_id": step_id}).rowcount != 1:
+        return
     counted = {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
@@ -265,7 +270,6 @@ def count_usage(
         },
     )
     _LOOP_USAGE.run(connection, {"id": loop_id, **counted})
-    _RESPONSE_COMMITTED.run(connection, {"step_id": step_id})
 
 
 def finish_loop(connection: Connection, loop_id: str, output: Any) -> None:
@@ -451,7 +455,10 @@ _LOOP_USAGE = Statement(
     """
 )
 
-_RESPONSE_COMMITTED = Statement("UPDATE model_calls SET committed = TRUE WHERE step_id = :step_id")
+# `committed`: the answer's usage is in its run's and loop's totals.
+_RESPONSE_COUNTED = Statement(
+    "UPDATE model_calls SET committed = TRUE WHERE step_id = :step_id AND NOT committed"
+)
 
 _TOOL_EARLIER = Statement("SELECT state, attempt FROM tool_calls WHERE step_id = :step_id")
 

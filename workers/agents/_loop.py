@@ -145,7 +145,8 @@ async def _model_call(agent: Agent, event: ModelCallRequested, ctx: Context) -> 
     ctx.defer_write(
         lambda c: count_usage(
             c, run_id=ctx.run_id, loop_id=event.loop_id, step_id=ctx.step_id, usage=usage
-        )
+        ),
+        even_on_failure=True,
     )
     calls = reply.get("tool_calls") or []
     if calls:

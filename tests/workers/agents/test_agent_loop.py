@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from dramatiq.asyncio import get_event_loop_thread
+from pydantic import BaseModel, ValidationError
 
-from events import Event
+from events import Event, describe_validation
 from store import Store, conversation_of, run_detail, tool_calls_of
 from tests.conftest import wait_for_run
 from workers import Agent, Context, Worker, actor, tool
@@ -130,6 +131,19 @@ thrifty = Agent(
 )
 
 
+class Verdict(BaseModel):
+    verdict: str
+    score: int
+
+
+judge = Agent(
+    name="t_agents_judge",
+    model="gpt-4.1-mini",
+    instructions="Judge the text; answer with a verdict and a score.",
+    output=Verdict,
+)
+
+
 # Deployed under a name of its own, as on Azure: responses name the model their own way.
 deployed = Agent(
     name="t_agents_deployed",
@@ -176,7 +190,7 @@ class LoopStart(Event, type="t_agents_loop.start"):
 
 AGENTS = {
     a.name: a
-    for a in (fan_out, strict, fragile, plain, one_step, thrifty, deployed, lead, lead_pair)
+    for a in (fan_out, strict, fragile, plain, one_step, thrifty, deployed, judge, lead, lead_pair)
 }
 
 
@@ -559,6 +573,83 @@ def test_max_steps_stops_the_run_before_the_next_model_call(
     assert model.stats().requests == 1
     second = steps_of(store, run_id, "baton.agent.model_call")[1]
     assert second["state"] == "failed" and second["attempts"] == 1
+
+
+def judged(answers: list[str]) -> Cassette:
+    """A cassette in which the judge answers ``answers[0]``, is told once what does not fit
+    Verdict, and answers ``answers[1]``."""
+    opening = [
+        {"role": "system", "content": judge.instructions},
+        {"role": "user", "content": "Judge: fine."},
+    ]
+    with pytest.raises(ValidationError) as invalid:
+        Verdict.model_validate_json(answers[0])
+    told = {
+        "role": "user",
+        "content": (
+            f"Your answer does not match the required Verdict schema: "
+            f"{describe_validation(invalid.value)}. Answer again with only a JSON object "
+            "that matches it."
+        ),
+    }
+    first = {"role": "assistant", "content": answers[0]}
+    cassette = Cassette()
+    cassette.record(judge.request(opening), completion({"content": answers[0]}, prompt_tokens=30))
+    cassette.record(
+        judge.request([*opening, first, told]),
+        completion({"content": answers[1]}, prompt_tokens=60),
+    )
+    return cassette
+
+
+def test_an_output_that_does_not_fit_is_sent_back_once_with_what_was_wrong(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given a model that first leaves out a required field, then answers in full
+    model = offline_model(
+        cassette=judged(['{"verdict": "fine"}', '{"verdict": "fine", "score": 4}'])
+    )
+    worker = agent_worker(model)
+
+    # When the judge runs
+    run_id = start(worker, judge, "Judge: fine.")
+
+    # Then the model was told what was missing (the cassette matched that request) and the
+    # run finished with the validated output
+    assert wait_for_run(store, run_id) == "succeeded"
+    assert model.stats().cassette_position == 2
+    (loop,) = run_detail(store, run_id)["agents"]
+    assert loop["output"] == {"verdict": "fine", "score": 4}
+
+
+def test_an_output_that_does_not_fit_twice_fails_the_run_and_both_calls_are_paid_for(
+    store: Store,
+    offline_model: StartModel,
+    agent_worker: StartAgentWorker,
+    recorded_model_calls: ModelCalls,
+) -> None:
+    # Given a model that leaves out a required field, and again when told
+    model = offline_model(cassette=judged(['{"verdict": "fine"}', '{"score": "high"}']))
+    worker = agent_worker(model)
+
+    # When the judge runs
+    run_id = start(worker, judge, "Judge: fine.")
+
+    # Then the run failed with what did not fit, without a retry or a third request
+    assert wait_for_run(store, run_id) == "failed"
+    error = run_detail(store, run_id)["run"]["error"]
+    assert "OutputInvalid" in error and "answered twice" in error and "Verdict" in error
+    assert "score" in error and "verdict" in error
+    assert model.stats().requests == 2
+    second = steps_of(store, run_id, "baton.agent.model_call")[1]
+    assert second["state"] == "failed" and second["attempts"] == 1
+    # And the run's totals count both answers, the failed step's too: it was paid for
+    calls = recorded_model_calls(run_id)
+    assert len(calls) == 2
+    run = run_detail(store, run_id)["run"]
+    assert run["model_calls"] == 2
+    assert run["input_tokens"] == 30 + 60
+    assert run["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls))
 
 
 def test_an_answer_naming_a_model_without_a_price_is_priced_as_the_model_asked_for(
