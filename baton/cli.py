@@ -374,14 +374,23 @@ def signal(
     run_id: Annotated[str, typer.Argument(help="Run id, or its unique start or end.")],
     name: Annotated[str, typer.Argument(help="The wait's name, e.g. approve.")],
     data: Annotated[str, typer.Option(help="JSON object handed to the waiting step.")] = "{}",
+    step: Annotated[
+        str | None,
+        typer.Option(help="The waiting step, when several wait for this name (id, start or end)."),
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Deliver to every step waiting for this name.")
+    ] = False,
 ) -> None:
     """Send a named signal to a waiting run."""
     fields = parse_json_object(data, "--data")
+    if step is not None and every:
+        fail("--step and --all exclude each other: name one step, or send to all", EXIT_USAGE)
     parts = stack()
     with clean_errors():
         parts.check_reachable()
         full_id = resolve_run_id(parts.store, run_id)
-        publish = send_signal(parts.store, full_id, name, fields)
+        publish = send_signal(parts.store, full_id, name, fields, step=step, every=every)
         parts.runtime.publish(publish, confirm_now=True)
     out.print(f"signal {name!r} delivered to {len(publish)} waiting step(s) of run {full_id}")
 

@@ -34,6 +34,7 @@ from store import (
     NotFound,
     Operator,
     RunFilter,
+    SignalAmbiguous,
     cancel_run,
     fork_run,
     list_runs,
@@ -201,14 +202,33 @@ def runs_router(intake: Intake, config: GatewayConfig) -> APIRouter:
         data: Annotated[
             dict[str, Any] | None, Body(description="a JSON object handed to the waiting step")
         ] = None,
+        step: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=200,
+                description="the waiting step, when several wait for this name (its id, or "
+                "the id's unique start or end)",
+            ),
+        ] = None,
+        every: Annotated[
+            bool, Query(alias="all", description="deliver to every step waiting for this name")
+        ] = False,
     ) -> Signalled:
         """Deliver a named signal (an approval, a callback) to a run waiting for it; 409 if the
-        run is not waiting for that name (yet, or any more)."""
+        run is not waiting for that name (yet, or any more), or if several steps are and the
+        request names neither one of them nor all."""
         full_id = resolve_run_id(store, run_id)
+        if step is not None and every:
+            raise ApiError(
+                422, "invalid_request", "query: step and all exclude each other; give one"
+            )
         try:
-            publish = send_signal(store, full_id, name, data or {})
+            publish = send_signal(store, full_id, name, data or {}, step=step, every=every)
         except NotFound as error:
             raise ApiError(409, "no_open_wait", str(error)) from None
+        except SignalAmbiguous as error:
+            raise ApiError(409, "ambiguous_signal", str(error)) from None
         intake.publish(publish)
         return Signalled(run_id=full_id, name=name, resumed_steps=len(publish))
 

@@ -26,5 +26,9 @@ class InvalidState(StoreError):
     """The operation does not apply to the current state (e.g. replay of a running run)."""
 
 
+class SignalAmbiguous(InvalidState):
+    """Several steps wait for the signal and the sender named neither one nor all."""
+
+
 class LeaseLost(StoreError):
     """The step's lease passed to another worker; this worker's result is discarded."""

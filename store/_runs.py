@@ -17,7 +17,7 @@ from store._appending import (
     settle_run,
 )
 from store._engine import Store
-from store._errors import InvalidState, NotFound
+from store._errors import InvalidState, NotFound, SignalAmbiguous
 from store._model import (
     RUN_CANCELED,
     RUN_FAILED,
@@ -36,9 +36,22 @@ from store._tables import events, runs, steps, waits
 
 
 def send_signal(
-    store: Store, run_id: str, name: str, data: dict[str, Any], now: float | None = None
+    store: Store,
+    run_id: str,
+    name: str,
+    data: dict[str, Any],
+    now: float | None = None,
+    *,
+    step: str | None = None,
+    every: bool = False,
 ) -> list[Publish]:
-    """Deliver a named signal: every open wait of that name in the run resumes its step."""
+    """Deliver a named signal to the step waiting for it, and it resumes.
+
+    When several steps of the run wait for that name (two tool calls that need approval),
+    the caller names one with ``step`` (its id, or the id's unique start or end) or sends
+    it to them all with ``every``; otherwise InvalidState lists them and nothing changes:
+    one "approve" must not approve calls its sender did not look at.
+    """
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, run_id)
@@ -56,6 +69,27 @@ def send_signal(
             names = sorted({w.name for w in open_waits}) or ["none"]
             raise NotFound(
                 f"run {run_id} has no open wait named {name!r}; open waits: {', '.join(names)}"
+            )
+        waiting = sorted({w.step_id for w in matching})
+        if step is not None:
+            named = [s for s in waiting if s == step or s.startswith(step) or s.endswith(step)]
+            if len(named) != 1:
+                raise NotFound(
+                    f"step {step!r} {'is ambiguous among' if named else 'is not one of'} the "
+                    f"steps of run {run_id} waiting for {name!r}: {', '.join(waiting)}"
+                )
+            matching = [w for w in matching if w.step_id == named[0]]
+        elif len(waiting) > 1 and not every:
+            actors: dict[str, str] = dict(
+                connection.execute(
+                    select(steps.c.id, steps.c.actor).where(steps.c.id.in_(waiting))
+                ).all()
+            )
+            listed = "; ".join(f"{s} ({actors.get(s, '?')})" for s in waiting)
+            raise SignalAmbiguous(
+                f"{len(waiting)} steps of run {run_id} wait for {name!r}: {listed}. Name one "
+                "(`--step STEP`, over HTTP `?step=STEP`: its id, or the id's unique start or "
+                "end) or send it to all of them (`--all`, `?all=true`)"
             )
         return _resolve_waits(connection, run_id, matching, "satisfied", data, now, run.status)
 

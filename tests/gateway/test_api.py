@@ -7,7 +7,17 @@ from collections.abc import Callable
 
 import pytest
 
-from store import Store, read_memory, short_id
+from store import (
+    NewEvent,
+    Route,
+    Store,
+    claim_step,
+    create_run,
+    park_step,
+    read_memory,
+    run_detail,
+    short_id,
+)
 from tests.conftest import wait_for_run
 from tests.gateway import actors
 from tests.gateway.conftest import TOKEN, Gateway, config, count
@@ -161,6 +171,33 @@ def test_an_approval_arrives_through_the_signals_route(
         assert read_memory(store, run_id, "approved_by") == (True, "ops@example.com")
         # And a late repeat of the callback is a conflict, not a crash
         assert client.post(f"/runs/{run_id}/signals/approve", json={}).status_code == 409
+
+
+def test_a_signal_several_steps_wait_for_names_one_or_all(gateway: Gateway, store: Store) -> None:
+    # Given a run with two steps waiting for "approve"
+    routes = [Route("t_api.first", "default", 0), Route("t_api.second", "default", 0)]
+    created = create_run(store, NewEvent("t_api.two_approvals", {}), lambda _type: routes)
+    waiting = []
+    for publish in created.publish:
+        claimed = claim_step(store, publish.step_id, "worker-a", 30.0).step
+        assert claimed is not None
+        park_step(store, claimed, "worker-a", wait_names=["approve"], deadline=None)
+        waiting.append(claimed.id)
+    signals = f"/runs/{created.run_id}/signals/approve"
+    with gateway.client() as client:
+        # When an approval names neither, it is a conflict that lists both steps
+        vague = client.post(signals, json={})
+        assert vague.status_code == 409 and vague.json()["error"] == "ambiguous_signal"
+        assert all(step in vague.json()["detail"] for step in waiting)
+        # When it names one step and all at once, the request is invalid
+        both = client.post(signals, params={"step": waiting[0], "all": "true"}, json={})
+        assert both.status_code == 422
+        # When it names one step by the end of its id, that step alone resumes
+        named = client.post(signals, params={"step": waiting[1][-8:]}, json={})
+        assert named.status_code == 202, named.text
+        assert named.json()["resumed_steps"] == 1
+    states = {s["id"]: s["state"] for s in run_detail(store, created.run_id)["steps"]}
+    assert states == {waiting[0]: "waiting", waiting[1]: "pending"}
 
 
 def test_replay_a_failed_run_after_the_fix(

@@ -28,6 +28,7 @@ from store import (
     run_status,
     send_signal,
 )
+from store._errors import SignalAmbiguous
 from store._tables import events, outbox, runs, step_attempts, steps, waits
 
 LEASE = 2.0
@@ -272,6 +273,48 @@ def test_a_signal_resumes_the_waiting_step_and_a_wrong_name_lists_the_open_waits
     # And a signal to a run that does not exist is not found
     with pytest.raises(NotFound, match="no run 'nope'"):
         send_signal(store, "nope", "approve", {})
+
+
+def test_a_signal_that_several_steps_wait_for_must_name_one_of_them_or_all(
+    store: Store,
+) -> None:
+    # Given a run with two steps waiting for "approve" (two calls that need approval)
+    run_id, first = start(store)
+    one = claim(store, first["t_runs.good"])
+    other = claim(store, first["t_runs.bad"])
+    for step in (one, other):
+        park_step(store, step, "worker-a", wait_names=["approve"], deadline=None)
+
+    # When "approve" is sent naming neither
+    # Then it is refused with both steps listed, and nothing changed
+    with pytest.raises(SignalAmbiguous) as refused:
+        send_signal(store, run_id, "approve", {})
+    assert f"{one.id} (t_runs.good)" in str(refused.value)
+    assert f"{other.id} (t_runs.bad)" in str(refused.value)
+    assert "--step STEP" in str(refused.value) and "--all" in str(refused.value)
+    assert {w.state for w in rows(store, waits, waits.c.run_id == run_id)} == {"open"}
+
+    # When it names a step that does not wait, or only the start they share
+    # Then it is refused too
+    with pytest.raises(NotFound, match="is not one of"):
+        send_signal(store, run_id, "approve", {}, step="nope")
+    with pytest.raises(NotFound, match="is ambiguous among"):
+        send_signal(store, run_id, "approve", {}, step=one.id[:1])
+
+    # When it names one step by the end of its id
+    publish = send_signal(store, run_id, "approve", {}, step=other.id[-8:])
+    # Then only that step resumes
+    assert [p.step_id for p in publish] == [other.id]
+    states = {w.step_id: w.state for w in rows(store, waits, waits.c.run_id == run_id)}
+    assert states == {one.id: "open", other.id: "satisfied"}
+
+    # And in another such run, a signal sent to all resumes both
+    run_id, first = start(store)
+    both = [claim(store, first["t_runs.good"]), claim(store, first["t_runs.bad"])]
+    for step in both:
+        park_step(store, step, "worker-a", wait_names=["approve"], deadline=None)
+    publish = send_signal(store, run_id, "approve", {}, every=True)
+    assert sorted(p.step_id for p in publish) == sorted(s.id for s in both)
 
 
 def test_a_due_timer_times_out_its_wait_and_resumes_the_step(store: Store) -> None:
