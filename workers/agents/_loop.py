@@ -43,6 +43,7 @@ from store._recorded import OWN, Reusable, recorded_tool_result
 from workers import _metrics
 from workers._actor import actor, prepared_by
 from workers._context import Context
+from workers._errors import Wait
 from workers._tracing import agent_span, chat_span, tool_span
 from workers.agents._agent import HEAD_MESSAGES, Agent, agent_named, registered_agent
 from workers.agents._events import (
@@ -391,6 +392,17 @@ async def _invoke(
         with tool_span(target.name, event.call_id, event.arguments) as span:
             result = await target.invoke(arguments, ctx)
             span.record(result)
+    except Wait:
+        # The tool waits for a signal (ctx.wait_for, ctx.sleep): the step parks, and the
+        # tool is called again from the top when the signal comes. Only an idempotent tool
+        # may be: another's intent, recorded before this call, would find the call unsettled.
+        if not target.idempotent:
+            raise TypeError(
+                f"tool {target.name!r} waited for a signal, which calls it again when the "
+                "signal comes; declare it @tool(idempotent=True) if that is safe, or gate it "
+                "with approval=True instead"
+            ) from None
+        raise
     except Exception as error:
         # The model gets the failure as the tool's answer and may try something else.
         result = f"error: {type(error).__name__}: {error}"

@@ -14,7 +14,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from pydantic import BaseModel, ValidationError
 
 from events import Event, describe_validation
-from store import Store, conversation_of, run_detail, tool_calls_of
+from store import Store, conversation_of, run_detail, send_signal, tool_calls_of
 from tests.conftest import wait_for_run
 from workers import Agent, Context, Worker, actor, tool
 from workers.agents import ToolArgumentsInvalid, _model
@@ -131,6 +131,32 @@ thrifty = Agent(
 )
 
 
+@tool(idempotent=True)
+def t_agents_await_go(ctx: Context) -> str:
+    """Wait for the operator's go, then report who gave it."""
+    return f"go from {ctx.wait_for('go')['by']}"
+
+
+@tool
+def t_agents_await_rashly(ctx: Context) -> str:
+    """Wait for the operator's go (not safe to call twice)."""
+    return f"go from {ctx.wait_for('go')['by']}"
+
+
+patient = Agent(
+    name="t_agents_patient",
+    model="gpt-4.1-mini",
+    instructions="Wait for the go, then answer.",
+    tools=[t_agents_await_go],
+)
+rash = Agent(
+    name="t_agents_rash",
+    model="gpt-4.1-mini",
+    instructions="Wait for the go, then answer.",
+    tools=[t_agents_await_rashly],
+)
+
+
 class Verdict(BaseModel):
     verdict: str
     score: int
@@ -190,7 +216,10 @@ class LoopStart(Event, type="t_agents_loop.start"):
 
 AGENTS = {
     a.name: a
-    for a in (fan_out, strict, fragile, plain, one_step, thrifty, deployed, judge, lead, lead_pair)
+    for a in (
+        *(fan_out, strict, fragile, plain, one_step, thrifty, deployed, judge, patient, rash),
+        *(lead, lead_pair),
+    )
 }
 
 
@@ -573,6 +602,43 @@ def test_max_steps_stops_the_run_before_the_next_model_call(
     assert model.stats().requests == 1
     second = steps_of(store, run_id, "baton.agent.model_call")[1]
     assert second["state"] == "failed" and second["attempts"] == 1
+
+
+def test_a_tool_that_waits_for_a_signal_parks_its_step_until_it_comes(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given an agent whose (idempotent) tool waits for the operator's "go"
+    worker = agent_worker(offline_model())
+
+    # When it runs, the run parks in the tool's step
+    run_id = start(worker, patient, "Go?")
+    assert wait_for_run(store, run_id, until=frozenset({"waiting"})) == "waiting"
+    (wait,) = run_detail(store, run_id)["waits"]
+    assert (wait["name"], wait["state"]) == ("go", "open")
+
+    # Then the signal resumes it, and the tool's answer carries the signal's data
+    worker.runtime.publish(send_signal(store, run_id, "go", {"by": "ops"}), confirm_now=True)
+    assert wait_for_run(store, run_id) == "succeeded"
+    answers = [m["content"] for m in conversation_of(store, run_id) if m["role"] == "tool"]
+    assert answers == ["go from ops"]
+
+
+def test_a_tool_that_is_not_idempotent_may_not_wait_for_a_signal(
+    store: Store, offline_model: StartModel, agent_worker: StartAgentWorker
+) -> None:
+    # Given an agent whose tool, not declared idempotent, waits for a signal
+    worker = agent_worker(offline_model())
+
+    # When it runs
+    run_id = start(worker, rash, "Go?")
+
+    # Then the run fails at once saying why and what to do, and parks nothing
+    assert wait_for_run(store, run_id) == "failed"
+    error = run_detail(store, run_id)["run"]["error"]
+    assert "'t_agents_await_rashly' waited for a signal" in error
+    assert "idempotent=True" in error and "approval=True" in error
+    (step,) = steps_of(store, run_id, "baton.agent.tool_call")
+    assert step["attempts"] == 1
 
 
 def judged(answers: list[str]) -> Cassette:
