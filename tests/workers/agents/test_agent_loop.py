@@ -708,6 +708,8 @@ def test_an_output_that_does_not_fit_twice_fails_the_run_and_both_calls_are_paid
     assert "score" in error and "verdict" in error
     assert model.stats().requests == 2
     second = steps_of(store, run_id, "baton.agent.model_call")[1]
+    # And it says how to go on, since a replay in place would reuse the same answer
+    assert f"baton replay {run_id} --from {second['id']} --edit-output JSON" in error
     assert second["state"] == "failed" and second["attempts"] == 1
     # And the run's totals count both answers, the failed step's too: it was paid for
     calls = recorded_model_calls(run_id)
