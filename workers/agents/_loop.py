@@ -289,13 +289,15 @@ def _check_budget(
 ) -> None:
     """Stop before a model call that the policy does not allow, with the figures."""
     policy = agent.policy
+    # Tokens and cost are the run's (sub-agents included); steps are this agent's loop's.
     spent = (
-        f"so far {totals.model_calls} model call(s), {totals.input_tokens:,} input + "
-        f"{totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
+        f"in the run so far {totals.model_calls} model call(s), {totals.input_tokens:,} input "
+        f"+ {totals.output_tokens:,} output tokens, ${totals.cost_usd:.4f}"
     )
     if totals.loop_model_calls >= policy.max_steps:
         raise BudgetExceeded(
-            f"budget exceeded: agent {agent.name!r} reached max_steps={policy.max_steps}; {spent}"
+            f"budget exceeded: agent {agent.name!r} reached max_steps={policy.max_steps} "
+            f"({totals.loop_model_calls} model call(s) of its own); {spent}"
         )
     # A conservative estimate of the next request's input (messages, tools and the response
     # format are all read by the model): four characters a token.

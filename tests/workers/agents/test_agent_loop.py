@@ -596,8 +596,8 @@ def test_max_steps_stops_the_run_before_the_next_model_call(
     assert noop_calls == ["hello"]
     error = run_detail(store, run_id)["run"]["error"]
     assert "BudgetExceeded" in error and "budget exceeded" in error
-    assert "max_steps=1" in error
-    assert "so far 1 model call(s)" in error
+    assert "max_steps=1 (1 model call(s) of its own)" in error
+    assert "in the run so far 1 model call(s)" in error
     # And no further request reached the model, nor was the refused step retried
     assert model.stats().requests == 1
     second = steps_of(store, run_id, "baton.agent.model_call")[1]
