@@ -249,10 +249,11 @@ def record_response(
 def count_usage(
     connection: Connection, *, run_id: str, loop_id: str, step_id: str, usage: Usage
 ) -> None:
-    """Add one model call's usage to the run's and the loop's totals, once: with the
-    transaction that ends the attempt which recorded the answer (its commit, or the record
-    of its failure: a failed step's answer was paid for too). A later attempt that reuses
-    the answer adds nothing."""
+    """Add one model call's usage to the run's and the loop's totals, once per answer: with
+    the transaction that ends the attempt which recorded it (its commit, or the record of
+    its failure: a failed step's answer was paid for too). A later attempt that reuses the
+    answer adds nothing; one that asks again (its request changed) records a new answer,
+    which counts."""
     if _RESPONSE_COUNTED.run(connection, {"step_id": step_id}).rowcount != 1:
         return
     counted = {
@@ -429,7 +430,8 @@ _RESPONSE_UPSERT = Statement(
         input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
         cached_tokens = excluded.cached_tokens, reasoning_tokens = excluded.reasoning_tokens,
         cost_usd = excluded.cost_usd, latency_ms = excluded.latency_ms,
-        attempt = excluded.attempt, created_at = excluded.created_at
+        attempt = excluded.attempt, created_at = excluded.created_at,
+        committed = FALSE
     """
 )
 

@@ -52,6 +52,10 @@ def send_signal(
     it to them all with ``every``; otherwise InvalidState lists them and nothing changes:
     one "approve" must not approve calls its sender did not look at.
     """
+    if step is not None and every:
+        raise ValueError("name one waiting step or send to every one, not both")
+    if step is not None and not step.strip():
+        raise NotFound("an empty step names no step; give its id, or the id's start or end")
     now = time.time() if now is None else now
     with store.transaction() as connection:
         run = lock_run(connection, run_id)
@@ -255,8 +259,8 @@ def replay_failed_steps(
     Each replayed step gets a fresh retry budget; its id, and so its idempotency key, stays.
     A step parked as OutcomeUnknown (a non-idempotent tool call that may have happened) is
     a failed step: replaying it is the operator's word that the call may be made again.
-    Steps the failure held back (pending, e.g. between retries) are sent again as they were,
-    with the retries they had left and no such word. With ``operator``, the replay is
+    Steps the failure held back (pending, e.g. between retries) are sent again as they were:
+    the retries and the backoff they had left, and no such word. With ``operator``, the replay is
     recorded as an operation in the same transaction.
     """
     now = time.time() if now is None else now
@@ -297,15 +301,16 @@ def replay_failed_steps(
             message_id = _ids.new_message_id()
             values: dict[str, Any] = {
                 "state": STEP_PENDING,
-                "available_at": now,
                 "message_id": message_id,
                 "published_at": now,
                 "finished_at": None,
             }
             if step.id in replayed:
-                # The replayed step's fresh retry budget, and the operator's word that what an
-                # earlier attempt may have done outside (a non-idempotent tool) may be done
-                # again. A held-back step goes on with its own retries and gets neither.
+                # The replayed step runs now, with a fresh retry budget and the operator's word
+                # that what an earlier attempt may have done outside (a non-idempotent tool)
+                # may be done again. A held-back step goes on as it was: its own retries, its
+                # backoff (a provider's Retry-After), and no such word.
+                values["available_at"] = now
                 values["attempt_base"] = steps.c.attempts
             connection.execute(update(steps).where(steps.c.id == step.id).values(**values))
             publish.append(

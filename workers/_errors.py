@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from events import BatonError
 
 
@@ -23,7 +25,8 @@ class RetryLater(BatonError):
 
     def __init__(self, message: str, *, retry_after_seconds: float) -> None:
         super().__init__(message)
-        self.retry_after_seconds = min(max(retry_after_seconds, 0.0), self.LONGEST_SECONDS)
+        finite = retry_after_seconds if math.isfinite(retry_after_seconds) else 0.0
+        self.retry_after_seconds = min(max(finite, 0.0), self.LONGEST_SECONDS)
 
 
 class Wait(Exception):

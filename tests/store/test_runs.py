@@ -191,7 +191,8 @@ def test_replay_sends_the_steps_held_back_by_the_failure_without_consent_or_a_fr
     # (its first attempt failed; a tool it calls may have been reached)
     run_id, first = start(store)
     waiting = claim(store, first["t_runs.bad"])
-    fail(store, waiting, retry_in_ms=1)
+    fail(store, waiting, retry_in_ms=60_000)
+    due = row(store, steps, steps.c.id == waiting.id).available_at
     fail(store, claim(store, first["t_runs.good"]), retry_in_ms=None)
     assert run_status(store, run_id) == "failed"
 
@@ -200,10 +201,12 @@ def test_replay_sends_the_steps_held_back_by_the_failure_without_consent_or_a_fr
 
     # Then the held-back step is sent again too
     assert {p.step_id for p in publish} == {first["t_runs.good"], waiting.id}
-    # And it goes on with the retries it had left, and the replay is not the operator's word
-    # that its earlier attempt's outside call may be made again (attempt_base): only the
-    # replayed step gets that, and a fresh budget
-    again = claim(store, waiting.id)
+    # And it goes on with the backoff and the retries it had left, and the replay is not the
+    # operator's word that its earlier attempt's outside call may be made again
+    # (attempt_base): only the replayed step gets that, and a fresh budget
+    assert row(store, steps, steps.c.id == waiting.id).available_at == due
+    assert claim_step(store, waiting.id, "worker-a", LEASE).outcome == "early"
+    again = claim(store, waiting.id, now=due + 1)
     assert (again.attempt, again.attempts_left, again.attempt_base) == (2, 1, 0)
     replayed = claim(store, first["t_runs.good"])
     assert (replayed.attempt, replayed.attempts_left, replayed.attempt_base) == (2, 0, 1)

@@ -231,10 +231,10 @@ def _final(agent: Agent, event: ModelCallRequested, ctx: Context, content: str) 
             if event.repair:
                 raise OutputInvalid(
                     f"agent {agent.name!r} answered twice with output that does not fit "
-                    f"{agent.output.__name__}: {problem}. A replay in place reuses this "
-                    "recorded answer; change the agent's instructions or output model first, "
-                    f"or fork with the output mended: `baton replay {ctx.run_id} --from "
-                    f"{ctx.step_id} --edit-output JSON --reason ...`"
+                    f"{agent.output.__name__}: {problem}. A replay in place asks the same "
+                    "question and reuses this recorded answer; fork with the output mended: "
+                    f"`baton replay {ctx.run_id} --from {ctx.step_id} --edit-output JSON "
+                    "--reason ...`"
                 ) from None
             # Tell the model once what was wrong, as the next user message, and ask again.
             correction = {

@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import json
 import logging
+import math
 import time
 import weakref
 from collections.abc import Mapping
@@ -165,12 +166,14 @@ def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     milliseconds = headers.get("retry-after-ms")
     if milliseconds is not None:
         with contextlib.suppress(ValueError):
-            return max(float(milliseconds) / 1000, 0.0)
+            if math.isfinite(wait := float(milliseconds) / 1000):
+                return max(wait, 0.0)
     value = headers.get("retry-after")
     if value is None:
         return None
     with contextlib.suppress(ValueError):
-        return max(float(value), 0.0)
+        wait = float(value)
+        return max(wait, 0.0) if math.isfinite(wait) else None
     with contextlib.suppress(TypeError, ValueError):
         when = email.utils.parsedate_to_datetime(value)
         return max(when.timestamp() - time.time(), 0.0)

@@ -74,6 +74,8 @@ def test_a_model_call_sends_no_idempotency_key_header() -> None:
         ({"retry-after": "0.25"}, 0.25),
         ({"retry-after": "-3"}, 0.0),
         ({"retry-after": "soon"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after-ms": "inf", "retry-after": "2"}, 2.0),
         ({}, None),
     ],
 )
