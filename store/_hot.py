@@ -201,7 +201,10 @@ CLAIM_READ = Statement(
            s.event_id, s.origin_step_id,
            r.status AS run_status, r.trace_id, r.recorded,
            e.type AS event_type, e.data AS event_data, e.groups AS event_groups,
-           e.position AS event_position
+           e.position AS event_position,
+           (SELECT count(*) FROM step_attempts a
+            WHERE a.step_id = s.id AND a.attempt > s.attempt_base AND a.outcome = 'waiting')
+               AS parked
     FROM steps s JOIN runs r ON r.id = s.run_id JOIN events e ON e.id = s.event_id
     WHERE s.id = :id
     """

@@ -146,7 +146,9 @@ def claim_step(
             run_id=row.run_id,
             actor=row.actor,
             attempt=attempt,
-            attempts_left=row.max_retries - (attempt - 1 - row.attempt_base),
+            # An attempt that parked the step (a wait, a timer) ended without failing: it
+            # uses up none of the retries.
+            attempts_left=row.max_retries - (attempt - 1 - row.attempt_base - row.parked),
             attempt_base=row.attempt_base,
             traceparent=row.traceparent,
             trace_id=run.trace_id,

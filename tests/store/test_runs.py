@@ -320,6 +320,27 @@ def test_a_signal_that_several_steps_wait_for_must_name_one_of_them_or_all(
     assert sorted(p.step_id for p in publish) == sorted(s.id for s in both)
 
 
+def test_a_step_that_parks_uses_up_none_of_its_retries(store: Store) -> None:
+    # Given a step allowed two retries, which waits for three signals one after another
+    run_id, first = start(store)
+    step_id = first["t_runs.bad"]
+    for number in range(3):
+        step = claim(store, step_id)
+        # Then each attempt after a wait still has both retries
+        assert step.attempts_left == 2
+        park_step(store, step, "worker-a", wait_names=[f"go-{number}"], deadline=None)
+        send_signal(store, run_id, f"go-{number}", {})
+
+    # When its fourth attempt fails
+    step = claim(store, step_id)
+    assert (step.attempt, step.attempts_left) == (4, 2)
+    fail(store, step, retry_in_ms=1)
+
+    # Then it is retried, as its first failure
+    assert row(store, steps, steps.c.id == step_id).state == "pending"
+    assert claim(store, step_id, now=time.time() + 1).attempts_left == 1
+
+
 def test_a_due_timer_times_out_its_wait_and_resumes_the_step(store: Store) -> None:
     # Given a step parked until a deadline that has passed, and one parked without deadline
     run_id, first = start(store)
