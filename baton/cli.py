@@ -31,7 +31,7 @@ from store import (
     run_status,
     send_signal,
 )
-from workers import WorkerError
+from workers import WORKER_THREADS, WorkerError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -416,7 +416,7 @@ def db_upgrade() -> None:
 def worker(
     modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
     processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64)] = 1,
-    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = 8,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = WORKER_THREADS,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT (PORT+i for process i)."),
@@ -478,7 +478,7 @@ def up(
     modules: Annotated[list[str] | None, typer.Argument(help="Actor modules to import.")] = None,
     port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
     processes: Annotated[int, typer.Option("--processes", "-p", min=1, max=64)] = 1,
-    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = 8,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=256)] = WORKER_THREADS,
 ) -> None:
     """Everything on one machine: Valkey, the store's schema, workers (and the gateway)."""
     from baton._processes import run_stack

@@ -25,7 +25,7 @@ from typing import Any
 from bench._common import REPO, Result, Row, Sandbox, percentile, rows, say, scalar, wait_until
 from events import Event
 from store import NewEvent, create_run
-from workers import Agent, Context, Runtime, actor, tool
+from workers import WORKER_THREADS, Agent, Context, Runtime, actor, tool
 from workers.agents.offline_model import OfflineModelConfig, start_in_thread
 
 TITLE = "concurrent model calls in one worker process"
@@ -34,7 +34,7 @@ MODEL_CALLS_PER_RUN = 2
 IDEAL_SECONDS = MODEL_CALLS_PER_RUN * DELAY_SECONDS
 FULL_RUNS, QUICK_RUNS = 300, 60
 FULL_TRIALS, QUICK_TRIALS = 5, 1
-THREADS = 8
+THREADS = WORKER_THREADS  # `baton worker`'s default
 GOAL_IN_FLIGHT, GOAL_RATIO = 200, 1.5
 _FINISHED = "SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed', 'canceled')"
 
@@ -86,7 +86,7 @@ def run(quick: bool) -> Result:
         "runs": count,
         "model calls per run": MODEL_CALLS_PER_RUN,
         "model delay": f"{DELAY_SECONDS:g} s",
-        "worker": f"1 `baton worker` process x {THREADS} threads",
+        "worker": f"1 `baton worker` process x {THREADS} threads (its default)",
         "mode": "create and publish every run, then start the worker",
         "trials": trials,
         "model": "offline, in a thread of this process, its heap frozen for the drain",

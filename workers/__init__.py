@@ -5,7 +5,7 @@ from workers._context import Context, Memory
 from workers._errors import ActorError, RetryLater, Wait, WaitTimeout, WorkerError
 from workers._maintenance import Maintenance
 from workers._runtime import Runtime, RuntimeConfig
-from workers._worker import Worker, import_modules
+from workers._worker import WORKER_THREADS, Worker, import_modules
 from workers.agents import Agent, AgentFinished, tool
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Maintenance",
     "Runtime",
     "RuntimeConfig",
+    "WORKER_THREADS",
     "Worker",
     "WorkerError",
     "import_modules",
