@@ -21,7 +21,7 @@ from store._agents import Usage
 from workers._errors import RetryLater
 from workers._runtime import Runtime, RuntimeConfig, on_loop_shutdown, on_loop_start
 from workers.agents._agent import Agent, registered_agents
-from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd, price_of
+from workers.agents._pricing import DEFAULT_PRICES, Price, cost_usd
 
 _logger = logging.getLogger("baton.agents")
 
@@ -212,19 +212,18 @@ def usage_of(response: Mapping[str, Any], prices: Mapping[str, Price], *, asked:
     output_tokens = int(usage.get("completion_tokens") or 0)
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-    answered = str(response.get("model") or "")
-    model = answered if price_of(answered, prices) is not None else asked
     return Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cached_tokens=cached,
         reasoning_tokens=reasoning,
         cost_usd=cost_usd(
-            model,
+            str(response.get("model") or ""),
             prices,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_tokens=cached,
+            asked=asked,
         ),
     )
 

@@ -54,8 +54,13 @@ def cost_usd(
     input_tokens: int,
     output_tokens: int,
     cached_tokens: int,
+    asked: str | None = None,
 ) -> float:
+    """The cost of one call at ``model``'s price, else (when ``model`` has none) at the price
+    of the model ``asked`` for."""
     price = price_of(model, prices)
+    if price is None and asked is not None:
+        model, price = asked, price_of(asked, prices)
     if price is None:
         if model not in _warned:
             _warned.add(model)

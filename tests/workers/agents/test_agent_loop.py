@@ -131,29 +131,25 @@ thrifty = Agent(
 )
 
 
-@tool(idempotent=True)
-def t_agents_await_go(ctx: Context) -> str:
+def _await_go(ctx: Context) -> str:
     """Wait for the operator's go, then report who gave it."""
     return f"go from {ctx.wait_for('go')['by']}"
 
 
-@tool
-def t_agents_await_rashly(ctx: Context) -> str:
-    """Wait for the operator's go (not safe to call twice)."""
-    return f"go from {ctx.wait_for('go')['by']}"
-
-
-patient = Agent(
-    name="t_agents_patient",
-    model="gpt-4.1-mini",
-    instructions="Wait for the go, then answer.",
-    tools=[t_agents_await_go],
-)
-rash = Agent(
-    name="t_agents_rash",
-    model="gpt-4.1-mini",
-    instructions="Wait for the go, then answer.",
-    tools=[t_agents_await_rashly],
+# The same function as a tool declared idempotent, and as one that is not.
+t_agents_await_go = tool(_await_go, name="t_agents_await_go", idempotent=True)
+t_agents_await_rashly = tool(_await_go, name="t_agents_await_rashly")
+patient, rash = (
+    Agent(
+        name=name,
+        model="gpt-4.1-mini",
+        instructions="Wait for the go, then answer.",
+        tools=[waiting],
+    )
+    for name, waiting in (
+        ("t_agents_patient", t_agents_await_go),
+        ("t_agents_rash", t_agents_await_rashly),
+    )
 )
 
 
